@@ -1,0 +1,14 @@
+"""autolog: automatic, sync-free experiment logging for PyTorch training.
+
+    @autolog.track
+    def train(lr=1e-3, epochs=3): ...
+
+Backends (tensorboard, wandb) are imported only when a sink that needs them is used.
+"""
+from ._version import __version__
+from .api import current_run, log, log_figure, log_image, log_text, run, track
+from .reader import RunData, list_runs, read_run
+from .run import Run
+
+__all__ = ["__version__", "track", "run", "log", "log_image", "log_figure", "log_text", "current_run",
+           "read_run", "list_runs", "RunData", "Run"]

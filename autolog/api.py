@@ -1,0 +1,154 @@
+"""The public functions: `track`, `run`, `log`, `log_image`, `log_figure`, `log_text`,
+`current_run`."""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Iterable, Mapping
+
+import wrapt
+
+from . import run as run_mod
+from .run import NullRun, Run, finish_for_exception, summary_from_return
+from .settings import resolve
+
+_warned_no_run = False
+
+
+def _start(func: Callable | None, args: tuple, kwargs: dict, options: dict[str, Any]) -> Run | NullRun:
+    settings = resolve(func=func, **options)
+    if settings.disabled:
+        return NullRun()
+    return Run(settings, func=func, args=args, kwargs=kwargs)
+
+
+def run(project: str | None = None, name: str | None = None, dir: str | None = None,
+        sinks: Iterable[Any] | str | None = None, log_every: int | None = None,
+        config: Mapping[str, Any] | Any = None, tags: Iterable[str] = (),
+        capture: Any = None, redact: Iterable[Any] | None = None, mode: str | None = None,
+        flush_secs: float | None = None, close_timeout: float | None = None) -> Run | NullRun:
+    """Start a run now; use it as a context manager, or call `finish()` yourself.
+
+    Inside an open run this returns that run (nested runs join the outer one); its `config`
+    is merged into the open run's config.
+    """
+    options = dict(project=project, name=name, dir=dir, sinks=sinks, log_every=log_every, config=config,
+                   tags=tags, capture=capture, redact=redact, mode=mode, flush_secs=flush_secs,
+                   close_timeout=close_timeout)
+    open_run = run_mod.current()
+    if open_run is not None:
+        if config is not None:
+            open_run.update_config(config)
+        return _Joined(open_run)
+    return _start(None, (), {}, options)
+
+
+class _Joined:
+    """A nested `autolog.run(...)`: the outer run, which leaving the block does not end."""
+
+    def __init__(self, run: Run) -> None:
+        self._run = run
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._run, name)
+
+    def __enter__(self) -> Run:
+        return self._run
+
+    def __exit__(self, *exc: Any) -> bool:
+        return False
+
+    def finish(self, *args: Any, **kwargs: Any) -> None:
+        """Joined runs end with the outer one."""
+
+
+def track(wrapped: Callable | None = None, *, project: str | None = None, name: str | None = None,
+          dir: str | None = None, sinks: Iterable[Any] | str | None = None, log_every: int | None = None,
+          config: Mapping[str, Any] | Any = None, tags: Iterable[str] = (), capture: Any = None,
+          redact: Iterable[Any] | None = None, mode: str | None = None, flush_secs: float | None = None,
+          close_timeout: float | None = None) -> Any:
+    """Decorate a train function: each call is a run whose config is the call's arguments.
+
+    Works bare (``@track``) or with options (``@track(project="x")``) on functions, methods,
+    staticmethods and classmethods. A call inside an open run joins it. The function's return
+    value is returned unchanged, and its numbers are added to the run's summary. Exceptions
+    propagate unchanged; the run records them (``failed``, or ``interrupted`` for Ctrl-C).
+    """
+    options = dict(project=project, name=name, dir=dir, sinks=sinks, log_every=log_every, config=config,
+                   tags=tags, capture=capture, redact=redact, mode=mode, flush_secs=flush_secs,
+                   close_timeout=close_timeout)
+    if wrapped is None:
+        return functools.partial(track, **options)
+
+    @wrapt.decorator
+    def wrapper(func: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
+        if run_mod.current() is not None:
+            return func(*args, **kwargs)
+        active = _start(func, args, kwargs, options)
+        if isinstance(active, NullRun):
+            try:
+                return func(*args, **kwargs)
+            finally:
+                active.finish()
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as exc:
+            finish_for_exception(active, exc)
+            raise
+        try:
+            active.set_summary(summary_from_return(result))
+        except Exception:  # noqa: BLE001 -- an odd return value never breaks the call
+            pass
+        active.finish("finished")
+        return result
+
+    return wrapper(wrapped)
+
+
+def current_run() -> Run | None:
+    """The open run of this process, or None."""
+    active = run_mod.current()
+    return None if isinstance(active, NullRun) else active
+
+
+def _target() -> Run | None:
+    global _warned_no_run
+    active = run_mod.current()
+    if active is None and not _warned_no_run and not run_mod._forked_child:
+        import warnings
+
+        _warned_no_run = True
+        warnings.warn("autolog.log called outside a run: ignored (start one with @autolog.track "
+                      "or autolog.run())", stacklevel=3)
+    return active
+
+
+def log(data: Mapping[str, Any] | str, value: Any = None, *, step: int | None = None,
+        prog_bar: bool = False) -> None:
+    """Record scalars in the open run: ``log({"val/acc": acc})`` or ``log("val/acc", acc)``.
+
+    Outside a run the call is ignored with one warning.
+    """
+    active = _target()
+    if active is not None:
+        active.log(data, value, step=step, prog_bar=prog_bar)
+
+
+def log_image(name: str, image: Any, step: int | None = None) -> None:
+    """Record an image (HW/HWC/CHW array or tensor, PIL image) in the open run."""
+    active = _target()
+    if active is not None:
+        active.log_image(name, image, step=step)
+
+
+def log_figure(name: str, figure: Any, step: int | None = None, close: bool = False) -> None:
+    """Record a matplotlib figure in the open run."""
+    active = _target()
+    if active is not None:
+        active.log_figure(name, figure, step=step, close=close)
+
+
+def log_text(name: str, text: str, step: int | None = None) -> None:
+    """Record a text in the open run."""
+    active = _target()
+    if active is not None:
+        active.log_text(name, text, step=step)

@@ -1,0 +1,166 @@
+"""The run buffer: what the training thread appends to between hand-offs.
+
+Appending is all the hot path does: values that are tensors stay on their device, untouched.
+`RunBuffer.stage` (at a hand-off, on the training thread) packs every pending tensor of a
+device into one flat float64 tensor and starts ONE copy to the host (asynchronous on CUDA, so
+even the hand-off does not wait for the device); `Staged.resolve` (on the writer thread) waits
+for the copy and builds the plain host `Batch` the sinks receive.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Sequence
+
+import torch
+
+from .records import Batch, HistogramRecord, MediaRecord
+
+Number = (int, float)
+
+
+class RunBuffer:
+    """Pending records of a run. Thread-safe: `autolog.log` may be called from any thread."""
+
+    def __init__(self) -> None:
+        # Re-entrant: a SIGTERM handler that flushes may interrupt an append on the same thread.
+        self._lock = threading.RLock()
+        self._clear()
+
+    def _clear(self) -> None:
+        self.scalars: list[tuple[str, int, Any, float]] = []
+        self.vectors: list[tuple[Sequence[str], int, torch.Tensor, float]] = []
+        self.histograms: list[tuple[str, int, Any, Any, Any, float]] = []
+        self.media: list[MediaRecord] = []
+        self.config: dict[str, Any] | None = None
+        self.prog_bar: set[str] = set()
+
+    def reset_after_fork(self) -> None:
+        self._lock = threading.RLock()
+        self._clear()
+
+    def __len__(self) -> int:
+        return len(self.scalars) + len(self.vectors) + len(self.histograms) + len(self.media)
+
+    # -- hot path ---------------------------------------------------------------------------
+    def scalar(self, name: str, step: int, value: Any, wall: float) -> None:
+        """`value`: a Python/numpy number or a one-element tensor (kept on its device)."""
+        with self._lock:
+            self.scalars.append((name, step, value, wall))
+
+    def scalars_from(self, items: list[tuple[str, Any]], step: int, wall: float) -> None:
+        with self._lock:
+            self.scalars.extend((name, step, value, wall) for name, value in items)
+
+    def vector(self, names: Sequence[str], step: int, values: torch.Tensor, wall: float) -> None:
+        """One scalar per name from a 1-D tensor (e.g. every layer's gradient norm at once)."""
+        with self._lock:
+            self.vectors.append((names, step, values, wall))
+
+    def histogram(self, name: str, step: int, counts: Any, low: Any, high: Any, wall: float) -> None:
+        """Equal-width bins between `low` and `high`; all three may be device tensors."""
+        with self._lock:
+            self.histograms.append((name, step, counts, low, high, wall))
+
+    def add_media(self, record: MediaRecord) -> None:
+        with self._lock:
+            self.media.append(record)
+
+    def update_config(self, config: dict[str, Any]) -> None:
+        with self._lock:
+            self.config = {**(self.config or {}), **config}
+
+    def mark_prog_bar(self, names: Sequence[str]) -> None:
+        with self._lock:
+            self.prog_bar.update(names)
+
+    # -- hand-off ---------------------------------------------------------------------------
+    def stage(self, step: int) -> "Staged | None":
+        """Take everything pending and start its copy to the host; None when empty."""
+        with self._lock:
+            if not (self.scalars or self.vectors or self.histograms or self.media or self.config):
+                return None
+            scalars, vectors, hists = self.scalars, self.vectors, self.histograms
+            media, config, prog_bar = self.media, self.config, tuple(sorted(self.prog_bar))
+            self._clear()
+        return Staged(scalars, vectors, hists, media, config, prog_bar, step)
+
+
+class _HostCopy:
+    """Tensors of one device packed into one float64 tensor, copied to the host in one go."""
+
+    def __init__(self, tensors: list[torch.Tensor]) -> None:
+        device = tensors[0].device
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        with torch.no_grad():
+            flat = torch.cat([t.detach().reshape(-1).to(dtype) for t in tensors])
+        self.event = None
+        if device.type == "cuda":
+            self.host = flat.to("cpu", non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host = flat.cpu() if device.type != "cpu" else flat
+        self._device_flat = flat  # keeps the source alive until the copy is done
+
+    def values(self) -> list[float]:
+        if self.event is not None:
+            self.event.synchronize()
+        self._device_flat = None
+        return self.host.tolist()
+
+
+class Staged:
+    """A batch whose device values are on their way to the host."""
+
+    def __init__(self, scalars, vectors, hists, media, config, prog_bar, step) -> None:
+        self.media, self.config, self.prog_bar, self.step = media, config, prog_bar, step
+        self.scalars, self.vectors, self.hists = scalars, vectors, hists
+        # Every tensor, in order, grouped by device: scalars, vectors, then per histogram
+        # counts, low, high. `slots` remembers where each went.
+        groups: dict[torch.device, list[torch.Tensor]] = {}
+        sizes: dict[torch.device, int] = {}
+
+        def slot(value: Any) -> Any:
+            if isinstance(value, torch.Tensor):
+                dev = value.device
+                groups.setdefault(dev, []).append(value)
+                start = sizes.get(dev, 0)
+                sizes[dev] = start + value.numel()
+                return (dev, start, value.numel())
+            return None
+
+        self.scalar_slots = [slot(v) for _n, _s, v, _w in scalars]
+        self.vector_slots = [slot(v) for _n, _s, v, _w in vectors]
+        self.hist_slots = [(slot(c), slot(lo), slot(hi)) for _n, _s, c, lo, hi, _w in hists]
+        self.copies = {dev: _HostCopy(ts) for dev, ts in groups.items()}
+
+    def resolve(self) -> Batch:
+        """The host batch; waits for the device copy (call it off the training thread)."""
+        host = {dev: copy.values() for dev, copy in self.copies.items()}
+
+        def get(slot_: Any, value: Any) -> Any:
+            if slot_ is None:
+                return value
+            dev, start, n = slot_
+            return host[dev][start:start + n]
+
+        points = []
+        for (name, step, value, wall), sl in zip(self.scalars, self.scalar_slots):
+            v = get(sl, value)
+            points.append((name, int(step), float(v[0] if sl is not None else v), float(wall)))
+        for (names, step, value, wall), sl in zip(self.vectors, self.vector_slots):
+            vals = get(sl, value)
+            points.extend((n, int(step), float(x), float(wall)) for n, x in zip(names, vals))
+        histograms = []
+        for (name, step, counts, low, high, wall), (sc, sl, sh) in zip(self.hists, self.hist_slots):
+            counts = [float(c) for c in get(sc, counts)]
+            lo = float(get(sl, low)[0] if sl is not None else low)
+            hi = float(get(sh, high)[0] if sh is not None else high)
+            if not hi > lo:
+                hi = lo + 1.0 if lo == lo else hi
+            width = (hi - lo) / len(counts)
+            edges = [lo + i * width for i in range(len(counts))] + [hi]
+            histograms.append(HistogramRecord(name, int(step), edges, counts, float(wall)))
+        self.copies = {}
+        return Batch(scalars=points, histograms=histograms, media=list(self.media),
+                     config=self.config, step=self.step, prog_bar=self.prog_bar)

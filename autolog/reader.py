@@ -1,0 +1,135 @@
+"""Reading runs back from the local store: `read_run` and `list_runs`."""
+from __future__ import annotations
+
+import fcntl
+import glob
+import os
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from . import store
+from .settings import DEFAULT_DIR, ENV
+
+
+def _lock_is_held(path: str) -> bool:
+    """Whether a live process holds the run's lock (a new descriptor conflicts even in-process)."""
+    try:
+        fd = os.open(os.path.join(path, store.LOCK_FILE), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+class RunData:
+    """A run read back from the local store (see SPEC: id, name, project, path, status, config,
+    meta, summary, metrics, histograms; plus media). Metrics load on first access."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        record = store.read_json(os.path.join(self.path, store.RUN_FILE))
+        self.id: str = record["id"]
+        self.name: str = record.get("name") or record["id"]
+        self.project: str = record["project"]
+        self.tags: list[str] = record.get("tags", [])
+        self.config: dict[str, Any] = record.get("config", {})
+        self.meta: dict[str, Any] = record.get("meta", {})
+        self._stored_summary: dict[str, Any] = record.get("summary", {})
+        status = record.get("status", "running")
+        if status == "running" and not _lock_is_held(self.path):
+            status = "crashed"
+        self.status: str = status
+
+    def __repr__(self) -> str:
+        return f"<RunData {self.project}/{self.id} {self.status}>"
+
+    @cached_property
+    def _events(self) -> tuple[dict, dict, list]:
+        path = os.path.join(self.path, store.EVENTS_FILE)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            data = b""
+        names: dict[str, int] = {}
+        key_parts, step_parts, value_parts = [], [], []
+        histograms: dict[str, list[tuple[int, list[float], list[float]]]] = {}
+        media: list[dict[str, Any]] = []
+        for kind, header, body in store.iter_records(data):
+            if kind == b"S":
+                keys, idx, steps, values, _walls = store.decode_scalars(header, body)
+                remap = np.asarray([names.setdefault(k, len(names)) for k in keys], dtype=np.int64)
+                key_parts.append(remap[idx])
+                step_parts.append(steps)
+                value_parts.append(values)
+            elif kind == b"H":
+                for item, edges, counts in store.decode_histograms(header, body):
+                    histograms.setdefault(item["name"], []).append((int(item["step"]), edges, counts))
+            elif kind == b"M":
+                media.extend(header["items"])
+        metrics: dict[str, list[tuple[int, float]]] = {}
+        if key_parts:
+            keys = np.concatenate(key_parts)
+            steps = np.concatenate(step_parts)
+            values = np.concatenate(value_parts)
+            order = np.lexsort((steps, keys))  # by key, then step; stable for equal steps
+            keys, steps, values = keys[order], steps[order], values[order]
+            bounds = np.flatnonzero(np.diff(keys)) + 1
+            starts = np.concatenate(([0], bounds))
+            ends = np.concatenate((bounds, [len(keys)]))
+            by_index = {i: n for n, i in names.items()}
+            for s, e in zip(starts.tolist(), ends.tolist()):
+                metrics[by_index[int(keys[s])]] = list(zip(steps[s:e].tolist(), values[s:e].tolist()))
+        for series in histograms.values():
+            series.sort(key=lambda item: item[0])
+        return metrics, histograms, media
+
+    @property
+    def metrics(self) -> dict[str, list[tuple[int, float]]]:
+        """Every scalar series as (step, value) pairs sorted by step."""
+        return self._events[0]
+
+    @property
+    def histograms(self) -> dict[str, list[tuple[int, list[float], list[float]]]]:
+        """Every histogram series as (step, bin edges, counts), sorted by step."""
+        return self._events[1]
+
+    @property
+    def media(self) -> list[dict[str, Any]]:
+        """Images, figures (``path`` relative to the run directory), texts and graphs."""
+        return self._events[2]
+
+    @cached_property
+    def summary(self) -> dict[str, Any]:
+        """The last value of every scalar, then what the run stored (its return values)."""
+        last = {name: series[-1][1] for name, series in self.metrics.items() if series}
+        return {**last, **self._stored_summary}
+
+
+def read_run(path: str | os.PathLike) -> RunData:
+    """The run stored in directory `path` (``<dir>/<project>/<run id>``)."""
+    path = os.fspath(path)
+    if not os.path.isfile(os.path.join(path, store.RUN_FILE)):
+        raise FileNotFoundError(f"read_run: no autolog run in {path!r} (expected {store.RUN_FILE} there)")
+    return RunData(path)
+
+
+def list_runs(dir: str | os.PathLike | None = None, project: str | None = None) -> list[RunData]:
+    """Every run under `dir` (default: $AUTOLOG_DIR, else "runs"), newest first."""
+    root = os.fspath(dir or os.environ.get(ENV["dir"]) or DEFAULT_DIR)
+    pattern = os.path.join(glob.escape(root), glob.escape(project) if project else "*", "*", store.RUN_FILE)
+    runs = []
+    for record in glob.glob(pattern):
+        try:
+            runs.append(RunData(os.path.dirname(record)))
+        except (OSError, ValueError, KeyError):
+            continue  # a half-created or foreign directory is not a run
+    runs.sort(key=lambda r: (r.meta.get("start_timestamp", 0), r.id), reverse=True)
+    return runs

@@ -1,0 +1,509 @@
+"""A run: its directory, record, buffer, pipeline and lifecycle."""
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+
+import os
+import secrets
+import signal
+import sys
+import threading
+import time
+import traceback
+import weakref
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from . import config as config_mod
+from . import media as media_mod
+from . import meta as meta_mod
+from . import store
+from .buffer import RunBuffer
+from .pipeline import Pipeline
+from .records import Batch, MediaRecord, RunInfo, RunResult
+from .redact import Redactor
+from .settings import Settings, safe_component
+from .sinks import resolve_sinks
+
+_active: list["Run"] = []  # the stack of open runs of this process (nested calls join the top)
+_all_runs: "weakref.WeakSet[Run]" = weakref.WeakSet()
+_state_lock = threading.RLock()
+
+
+def current() -> "Run | None":
+    return _active[-1] if _active else None
+
+
+def new_run_id(parent: str) -> tuple[str, str]:
+    """A run id unique across processes, and its freshly created directory under `parent`."""
+    os.makedirs(parent, exist_ok=True)
+    for _ in range(100):
+        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(4)
+        path = os.path.join(parent, run_id)
+        try:
+            os.mkdir(path)  # exclusive: a collision picks another id
+            return run_id, path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a unique run directory under {parent!r}")
+
+
+def _check_key(key: Any, what: str) -> str:
+    if not isinstance(key, str) or not key:
+        raise TypeError(f"{what}: metric names must be non-empty strings, got {key!r}")
+    return key
+
+
+def _flatten_metrics(data: Mapping[Any, Any], prefix: str, out: list[tuple[str, Any]]) -> None:
+    for key, value in data.items():
+        key = _check_key(key, "autolog.log")
+        name = f"{prefix}/{key}" if prefix else key
+        if isinstance(value, Mapping):
+            _flatten_metrics(value, name, out)
+        else:
+            out.append((name, _check_scalar(name, value)))
+
+
+def _check_scalar(name: str, value: Any) -> Any:
+    """`value` as a Python float or a detached one-element tensor; raises naming `name`."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"autolog.log: {name!r} must be a scalar: expected a tensor with one "
+                             f"element, got shape {tuple(value.shape)}")
+        if value.is_complex():
+            raise TypeError(f"autolog.log: {name!r}: expected a real number, got a complex tensor")
+        return value.detach()
+    if isinstance(value, (bool, int, float)):
+        return float(value)
+    if isinstance(value, (np.generic, np.ndarray)) and np.asarray(value).size == 1 \
+            and np.asarray(value).dtype.kind in "biuf":
+        return float(np.asarray(value).reshape(()))
+    if isinstance(value, (np.ndarray,)):
+        raise ValueError(f"autolog.log: {name!r} must be a scalar: expected one element, got shape {value.shape}")
+    raise TypeError(f"autolog.log: {name!r}: expected a number or a one-element tensor, "
+                    f"got {type(value).__name__} {value!r:.60}")
+
+
+class Run:
+    """One tracked run. Create it with `autolog.run(...)` or `@autolog.track`."""
+
+    def __init__(self, settings: Settings, func: Callable | None = None, args: tuple = (),
+                 kwargs: dict | None = None) -> None:
+        self.settings = settings
+        self.project = settings.project
+        self.tags = settings.tags
+        self._redactor = Redactor(settings.redact)
+        flat = config_mod.capture(func, args, kwargs or {}, settings.config)
+        self.config: dict[str, Any] = self._redactor.config(flat)
+        self.summary: dict[str, Any] = {}
+        self.status = "running"
+        self._buffer = RunBuffer()
+        self._step = 0
+        self._optimizer_seen = False
+        self._keys_at_step: set[str] = set()
+        self._last_handoff = time.monotonic()
+        self._last_values: dict[str, float] = {}
+        self._finished = False
+        self._forked = False
+        self._media_count = 0
+        self._on_finish: list[Callable[["Run"], None]] = []
+        self.flush_count = 0
+        self._start()
+
+    # ------------------------------------------------------------------ lifecycle
+    def _start(self) -> None:
+        s = self.settings
+        self.start_time = time.time()
+        self._start_mono = time.monotonic()
+        parent = os.path.join(s.dir, self.project)
+        self.id, self.path = new_run_id(parent)
+        self.name = s.name or self.id
+        self._lock_fd = os.open(os.path.join(self.path, store.LOCK_FILE), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o644)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        meta = meta_mod.start_meta(self.start_time)
+        meta["command"] = self._redactor.argv(meta["command"])
+        self.meta = self._redactor.deep(meta)
+        self._write_record()
+        sinks = resolve_sinks(s.sinks)
+        info = RunInfo(id=self.id, name=self.name, project=self.project, path=self.path,
+                       config=dict(self.config), meta=dict(self.meta), tags=self.tags,
+                       mode=None if s.mode == "online" else s.mode)
+        self.pipeline = Pipeline(sinks, info, prepare=self._prepare)
+        _all_runs.add(self)
+        with _state_lock:
+            _active.append(self)
+        _signals.install()
+        from .capture import instrument
+
+        instrument(self)  # automatic capture; undone by the hooks it adds to self._on_finish
+
+    def _record(self) -> dict[str, Any]:
+        return {"format": store.FORMAT_VERSION, "id": self.id, "name": self.name, "project": self.project,
+                "tags": list(self.tags), "status": self.status, "config": self.config,
+                "meta": self.meta, "summary": self.summary}
+
+    def _write_record(self) -> None:
+        store.write_json_atomic(os.path.join(self.path, store.RUN_FILE), self._record())
+
+    def finish(self, status: str = "finished", exc: BaseException | None = None) -> None:
+        """End the run: hand off what is left, wait for the sinks, record the final status."""
+        with _state_lock:
+            if self._finished or self._forked:
+                return
+            self._finished = True
+            if self in _active:
+                _active.remove(self)
+        for hook in reversed(self._on_finish):
+            try:
+                hook(self)
+            except Exception as e:  # noqa: BLE001 -- instrumentation must not mask the run's end
+                print(f"autolog: while ending the run: {type(e).__name__}: {e}", file=sys.stderr)
+        self.status = status
+        end = time.time()
+        self.meta.update(end_time=meta_mod.iso(end), end_timestamp=end,
+                         duration=time.monotonic() - self._start_mono, step=self._step)
+        if exc is not None:
+            self.meta.update(self._redactor.deep({
+                "exception_type": type(exc).__qualname__,
+                "exception_message": str(exc),
+                "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+            }))
+        self._handoff()
+        ok = self.pipeline.close(self._result, self.settings.close_timeout)
+        stats = self.pipeline.stats()
+        problems = {k: v for k, v in stats.items() if v["errors"] or v["dropped_batches"]}
+        if problems:
+            self.meta["sink_errors"] = problems
+        if not ok:
+            self.meta["sinks_timed_out"] = True
+        self.summary = {**self._last_values, **self.summary}
+        self._write_record()
+        os.close(self._lock_fd)
+        _signals.uninstall()
+
+    def _result(self) -> RunResult:
+        """Built on the writer thread once every batch has been seen, so the summary is whole."""
+        return RunResult(status=self.status, summary={**self._last_values, **self.summary},
+                         meta=dict(self.meta), config=dict(self.config))
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        finish_for_exception(self, exc)
+        return False
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child (a DataLoader worker) the run is inert: it writes nothing."""
+        self._forked = True
+        self._buffer.reset_after_fork()
+        try:
+            os.close(self._lock_fd)  # the parent still holds the lock through its own descriptor
+        except OSError:
+            pass
+
+    # ------------------------------------------------------------------ steps and hand-offs
+    @property
+    def step(self) -> int:
+        """Optimizer steps completed in this run."""
+        return self._step
+
+    def advance_step(self) -> None:
+        """Called after every optimizer step; hands off every `log_every` steps."""
+        self._step += 1
+        self._optimizer_seen = True
+        self._keys_at_step.clear()
+        if self._step % self.settings.log_every == 0:
+            self.flush()
+        else:
+            self.maybe_flush()
+
+    def maybe_flush(self) -> None:
+        """Hand off when `flush_secs` have passed since the last hand-off."""
+        if time.monotonic() - self._last_handoff >= self.settings.flush_secs:
+            self.flush()
+
+    def flush(self, wait: bool = False, timeout: float | None = None) -> bool:
+        """Hand everything buffered to the writer; with `wait`, block until every sink wrote it.
+
+        Returns False when `wait` timed out (a stalled sink)."""
+        if self._finished or self._forked:
+            return True
+        self._handoff()
+        if wait:
+            return self.pipeline.wait(self.settings.close_timeout if timeout is None else timeout)
+        return True
+
+    def _handoff(self) -> None:
+        self._last_handoff = time.monotonic()
+        staged = self._buffer.stage(self._step)
+        if staged is not None:
+            self.flush_count += 1
+            self.pipeline.submit(staged)
+
+    def _prepare(self, batch: Batch) -> None:
+        """On the writer thread: write media files, track last values, persist config changes."""
+        self._last_values.update((name, value) for name, _s, value, _w in batch.scalars)
+        if batch.media:
+            batch.media = [self._store_media(m) for m in batch.media]
+        if batch.config:
+            self._write_record()
+
+    def _store_media(self, record: MediaRecord) -> MediaRecord:
+        if record.kind in ("image", "figure"):
+            folder = os.path.join(self.path, store.MEDIA_DIR)
+            os.makedirs(folder, exist_ok=True)
+            self._media_count += 1
+            rel = os.path.join(store.MEDIA_DIR, f"{safe_component(record.name, 'image')}_{record.step}_{self._media_count}.png")
+            with open(os.path.join(self.path, rel), "wb") as fh:
+                fh.write(store.encode_png(record.data))
+            return dataclasses.replace(record, path=rel)
+        return record
+
+    # ------------------------------------------------------------------ logging
+    def _step_for(self, step: Any, names: list[str]) -> int:
+        if step is None:
+            if not self._optimizer_seen and any(n in self._keys_at_step for n in names):
+                self._step += 1  # no optimizer in this run: a repeated key starts a new step
+                self._keys_at_step.clear()
+                if self._step % self.settings.log_every == 0:
+                    self._handoff()
+            self._keys_at_step.update(names)
+            return self._step
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise TypeError(f"autolog.log: step: expected a non-negative integer, got {step!r}")
+        return int(step)
+
+    def log(self, data: Mapping[str, Any] | str, value: Any = None, *, step: int | None = None,
+            prog_bar: bool = False) -> None:
+        """Record scalars: ``log({"val/acc": 0.9})`` or ``log("val/acc", 0.9)``.
+
+        Nested dicts are flattened with "/". Tensors stay on their device until the next
+        hand-off. Everything is checked before anything is recorded.
+        """
+        if isinstance(data, str):
+            items = [(_check_key(data, "autolog.log"), _check_scalar(data, value))]
+        elif isinstance(data, Mapping):
+            if value is not None:
+                raise TypeError("autolog.log: pass either a dict or a name and a value, not both")
+            items = []
+            _flatten_metrics(data, "", items)
+        else:
+            raise TypeError(f"autolog.log: expected a dict of metrics or a name, got {type(data).__name__}")
+        if self._finished or self._forked or not items:
+            return
+        step = self._step_for(step, [n for n, _ in items])
+        self._buffer.scalars_from(items, step, time.time())
+        if prog_bar:
+            self._buffer.mark_prog_bar([n for n, _ in items])
+        self.maybe_flush()
+
+    def _media(self, kind: str, name: str, data: Any, step: int | None) -> None:
+        _check_key(name, f"log_{kind}")
+        if self._finished or self._forked:
+            return
+        step = self._step if step is None else self._step_for(step, [])
+        self._buffer.add_media(MediaRecord(kind=kind, name=name, step=step, wall_time=time.time(), data=data))
+        self.maybe_flush()
+
+    def log_image(self, name: str, image: Any, step: int | None = None) -> None:
+        """An image (HW/HWC/CHW array or tensor, or PIL image), stored as PNG in the run."""
+        self._media("image", name, media_mod.image_array(image, name), step)
+
+    def log_figure(self, name: str, figure: Any, step: int | None = None, close: bool = False) -> None:
+        """A matplotlib figure, rendered now and stored as PNG; `close` closes it afterwards."""
+        array = media_mod.figure_array(figure, name)
+        if close:
+            import matplotlib.pyplot as plt
+
+            plt.close(figure)
+        self._media("figure", name, array, step)
+
+    def log_text(self, name: str, text: str, step: int | None = None) -> None:
+        """A text (markdown in TensorBoard); secrets in known formats are masked."""
+        if not isinstance(text, str):
+            raise TypeError(f"log_text {name!r}: expected a str, got {type(text).__name__}")
+        self._media("text", name, self._redactor.text(text), step)
+
+    def update_config(self, values: Mapping[str, Any] | Any) -> None:
+        """Add or change config entries during the run (flattened and redacted like the rest)."""
+        flat = self._redactor.config(config_mod.flatten(values))
+        self.config.update(flat)
+        self._buffer.update_config(flat)
+
+    def set_summary(self, values: Mapping[str, Any]) -> None:
+        self.summary.update(values)
+
+    def __repr__(self) -> str:
+        return f"<autolog.Run {self.project}/{self.id} {self.status} step={self._step}>"
+
+
+class NullRun:
+    """What `mode="disabled"` gives: every method does nothing, and nothing is written.
+
+    While open it sits on the run stack so that `autolog.log` and nested tracked calls are
+    silent no-ops; `current_run()` still says None."""
+
+    id = name = project = path = None
+    status = "disabled"
+    step = 0
+
+    def __init__(self) -> None:
+        self.config: dict = {}
+        self.summary: dict = {}
+        _active.append(self)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return _noop
+
+    def finish(self, *args: Any, **kwargs: Any) -> None:
+        with _state_lock:
+            if self in _active:
+                _active.remove(self)  # type: ignore[arg-type]
+
+    def flush(self, *args: Any, **kwargs: Any) -> bool:
+        return True
+
+    def __enter__(self) -> "NullRun":
+        return self
+
+    def __exit__(self, *exc: Any) -> bool:
+        self.finish()
+        return False
+
+
+def _noop(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+def finish_for_exception(run: "Run | NullRun", exc: BaseException | None) -> None:
+    """Finish `run` with the status an exception (or its absence) means."""
+    if isinstance(run, NullRun):
+        run.finish()
+    elif exc is None:
+        run.finish("finished")
+    elif isinstance(exc, KeyboardInterrupt):
+        run.finish("interrupted", exc)
+    elif isinstance(exc, SystemExit) and exc.code in (None, 0):
+        run.finish("finished")
+    else:
+        run.finish("failed", exc)
+
+
+def summary_from_return(value: Any) -> dict[str, float]:
+    """The numeric parts of a train function's return value, for the summary."""
+    out: dict[str, float] = {}
+
+    def add(name: str, v: Any) -> None:
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            v = v.item()
+        if isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[name] = float(v)
+        elif isinstance(v, Mapping):
+            for k, item in v.items():
+                add(f"{name}/{k}" if name else str(k), item)
+        elif isinstance(v, (list, tuple)) and len(v) <= 64:
+            for i, item in enumerate(v):
+                add(f"{name or 'return'}/{i}", item)
+
+    if isinstance(value, Mapping):
+        add("", value)
+    else:
+        add("return", value)
+    return out
+
+
+class _Signals:
+    """SIGTERM while a run is open: finish every open run as `interrupted`, then let the signal
+    do what it would have done without autolog (the previous handler, or the default: exit)."""
+
+    def __init__(self) -> None:
+        self.previous: Any = None
+        self.installed = False
+
+    def install(self) -> None:
+        if self.installed or threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            previous = signal.getsignal(signal.SIGTERM)
+            if previous is signal.SIG_IGN:
+                return
+            signal.signal(signal.SIGTERM, self._handle)
+        except (ValueError, OSError):  # not the main interpreter, or no signals here
+            return
+        self.previous, self.installed = previous, True
+
+    def uninstall(self) -> None:
+        if not self.installed or _active:
+            return
+        try:
+            if signal.getsignal(signal.SIGTERM) == self._handle:
+                signal.signal(signal.SIGTERM, self.previous if self.previous is not None else signal.SIG_DFL)
+        except (ValueError, OSError):
+            return
+        self.installed = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        for run in list(reversed(_active)):
+            run.meta["signal"] = "SIGTERM"
+            run.finish("interrupted")
+        previous = self.previous
+        self.uninstall()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+
+_signals = _Signals()
+
+
+_forked_child = False
+
+
+def _after_fork_in_child() -> None:
+    global _state_lock, _forked_child
+    _forked_child = True
+    _state_lock = threading.RLock()
+    for run in list(_all_runs):
+        run._after_fork_in_child()
+    _active.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _excepthook_finish(exc_type, exc, tb) -> None:
+    for run in list(reversed(_active)):
+        finish_for_exception(run, exc)
+
+
+_previous_excepthook = sys.excepthook
+
+
+def _excepthook(exc_type, exc, tb) -> None:
+    try:
+        _excepthook_finish(exc_type, exc, tb)
+    finally:
+        _previous_excepthook(exc_type, exc, tb)
+
+
+sys.excepthook = _excepthook
+
+
+def _at_exit() -> None:
+    for run in list(reversed(_active)):
+        run.finish("finished")
+
+
+import atexit  # noqa: E402
+
+atexit.register(_at_exit)
+
+
