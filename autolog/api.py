@@ -79,7 +79,6 @@ def track(wrapped: Callable | None = None, *, project: str | None = None, name: 
     if wrapped is None:
         return functools.partial(track, **options)
 
-    @wrapt.decorator
     def wrapper(func: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
         if run_mod.current() is not None:
             return func(*args, **kwargs)
@@ -101,7 +100,24 @@ def track(wrapped: Callable | None = None, *, project: str | None = None, name: 
         active.finish("finished")
         return result
 
-    return wrapper(wrapped)
+    return _Tracked(wrapped, wrapper)
+
+
+def _by_name(module: str, qualname: str) -> Any:
+    import importlib
+
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class _Tracked(wrapt.FunctionWrapper):
+    """A tracked function; pickles by reference like the function it wraps (so that
+    `torch.multiprocessing.spawn(train)` and friends work)."""
+
+    def __reduce_ex__(self, protocol: int) -> Any:
+        return _by_name, (self.__module__, self.__qualname__)
 
 
 def current_run() -> Run | None:

@@ -8,6 +8,7 @@ import os
 import pandas as pd
 import pytest
 
+import autolog
 from autolog.records import Batch, RunInfo, RunResult
 from autolog.sinks import resolve_sink
 from autolog.sinks.csv import CSVSink, rows_from_scalars
@@ -187,3 +188,23 @@ def test_many_rows_append_without_rewriting(tmp_path):
     sink.close(RESULT)
     df = pd.read_csv(path)
     assert len(df) == 20_000 and df["k19"].iloc[-1] == 19_999 * 0.5
+
+
+def test_a_run_writes_the_same_values_as_the_local_store(tmp_path):
+    with autolog.run(project="p", dir=str(tmp_path), sinks=["local", "csv"], log_every=3) as run:
+        for step in range(10):
+            autolog.log({"train/loss": 1.0 / (step + 1)}, step=step)
+            if step % 4 == 0:
+                autolog.log({"val/acc": step / 10, "val/nan": math.nan}, step=step)
+        run.flush(wait=True)  # everything handed off so far is in the file
+        assert pd.read_csv(os.path.join(run.path, "metrics.csv"))["step"].max() == 9
+        path = run.path
+    data = autolog.read_run(path)
+    rows = read_rows(os.path.join(path, "metrics.csv"))  # csv tells "nan" from an empty cell
+    assert set(rows[0]) == {"step", "wall_time"} | set(data.metrics)
+    for name, points in data.metrics.items():
+        got = [(int(r["step"]), float(r[name])) for r in rows if r[name] != ""]
+        assert len(got) == len(points)
+        for (step, value), (want_step, want) in zip(got, points):
+            assert step == want_step
+            assert value == want or (math.isnan(value) and math.isnan(want))

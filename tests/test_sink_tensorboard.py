@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing import event_accumulator as ea
 from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.compat.proto.graph_pb2 import GraphDef
 from tensorboard.plugins.hparams import metadata as hp_metadata
+from tensorboard.util import tensor_util
 
 from autolog.graph import model_graph
 from autolog.records import Batch, HistogramRecord, MediaRecord, RunInfo, RunResult
@@ -40,6 +41,13 @@ def _accumulator(logdir) -> ea.EventAccumulator:
 
 def _text(acc, tag):
     return [(e.step, e.tensor_proto.string_val[0].decode()) for e in acc.Tensors(tag)]
+
+
+def _hparams(acc) -> dict:
+    try:
+        return acc.PluginTagToContent("hparams")
+    except KeyError:  # no hparams data at all
+        return {}
 
 
 def _finished(summary=None, config=None):
@@ -124,10 +132,12 @@ def test_histograms_keep_autolog_bins_as_the_histogram_plugin_reads_them(tmp_pat
                  for v in e.summary.value if v.tag == "gradients/fc.weight"]
     [migrated] = [data_compat.migrate_value(v) for v in values_pb]
     assert migrated.metadata.plugin_data.plugin_name == "histograms"
-    buckets = np.frombuffer(migrated.tensor.tensor_content, dtype=np.float64).reshape(-1, 3)
-    np.testing.assert_array_equal(buckets[:, 0], edges[:-1])
-    np.testing.assert_array_equal(buckets[:, 1], edges[1:])
-    np.testing.assert_array_equal(buckets[:, 2], counts)
+    buckets = tensor_util.make_ndarray(migrated.tensor)
+    assert buckets.shape == (64, 3)
+    assert buckets.dtype == np.float32  # the plugin's own precision
+    np.testing.assert_array_equal(buckets[:, 0], edges[:-1].astype(np.float32))
+    np.testing.assert_array_equal(buckets[:, 1], edges[1:].astype(np.float32))
+    np.testing.assert_array_equal(buckets[:, 2], counts.astype(np.float32))
 
 
 def test_histogram_rejects_mismatched_bins():
@@ -211,11 +221,12 @@ def test_model_graph_leaves_model_and_rng_untouched():
     calls = []
     model.fc.register_forward_hook(lambda *a: calls.append("hook"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    example = torch.randn(3, 4)
     random.seed(1)
     np.random.seed(1)
     states = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
 
-    graph = model_graph(model, torch.randn(3, 4))
+    graph = model_graph(model, example)
 
     after = model.state_dict()
     assert before.keys() == after.keys()
@@ -289,10 +300,10 @@ def test_hparams_entry_written_at_close(tmp_path):
     sink = TensorBoardSink()
     sink.open(run)
     sink.write(Batch(scalars=[("train/loss", 1, 0.5, T0)], config={"epochs": 2}, step=1))
-    assert "hparams" not in _accumulator(sink_path(run)).ActivePlugins()  # not before close
+    assert not _hparams(_accumulator(sink_path(run)))  # written at close
     sink.close(RunResult("failed", {"train/loss": 0.5}, {}, {}))
 
-    content = _accumulator(sink_path(run)).PluginTagToContent("hparams")
+    content = _hparams(_accumulator(sink_path(run)))
     start = hp_metadata.parse_session_start_info_plugin_data(
         content[hp_metadata.SESSION_START_INFO_TAG])
     assert set(start.hparams) == set(config) | {"epochs"}
@@ -353,7 +364,7 @@ def test_hparams_can_be_turned_off(tmp_path):
     sink = TensorBoardSink(hparams=False)
     sink.open(run)
     sink.close(_finished())
-    assert "hparams" not in _accumulator(sink_path(run)).ActivePlugins()
+    assert not _hparams(_accumulator(sink_path(run)))
 
 
 # ------------------------------------------------------------------ registry and imports
@@ -362,8 +373,49 @@ def test_registered_by_name_and_backend_imported_lazily():
     from autolog.sinks import resolve_sink
 
     assert isinstance(resolve_sink("tensorboard"), TensorBoardSink)
-    code = ("import sys, autolog.sinks; "
+    code = ("import sys, autolog, autolog.sinks; "
             "assert 'tensorboard' not in sys.modules, 'tensorboard imported eagerly'; "
             "assert 'autolog.sinks.tensorboard' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(
         os.path.dirname(os.path.abspath(__file__))))
+
+
+# ------------------------------------------------------------------ end to end, through the API
+
+def test_run_with_local_and_tensorboard_sinks_agree(tmp_path):
+    import autolog
+
+    with autolog.run(project="e2e", dir=str(tmp_path / "runs"), sinks=["local", "tensorboard"],
+                     config={"lr": 0.1, "model": {"width": 8}}) as run:
+        for step in range(6):
+            autolog.log({"train/loss": 1.0 / (step + 1), "val/acc": step / 7}, step=step)
+        autolog.log("lr", 0.05)
+        autolog.log_image("samples", np.full((3, 4, 3), 200, dtype=np.uint8), step=5)
+        autolog.log_text("notes", "half way", step=5)
+        assert run.flush(wait=True)
+        logdir = os.path.join(run.path, "tensorboard")
+        mid = _accumulator(logdir)  # everything handed off is already on disk
+        assert [e.step for e in mid.Scalars("train/loss")] == list(range(6))
+        run_path = run.path
+
+    data = autolog.read_run(run_path)
+    assert data.status == "finished"
+    acc = _accumulator(logdir)
+    assert set(acc.Tags()["scalars"]) == set(data.metrics)
+    for name, series in data.metrics.items():
+        tb = sorted((e.step, e.value) for e in acc.Scalars(name))
+        assert tb == [(step, float(np.float32(value))) for step, value in series], name
+
+    [image] = acc.Images("samples")
+    [media] = [m for m in data.media if m.get("name") == "samples"]
+    with open(os.path.join(run_path, media["path"]), "rb") as fh:
+        assert image.encoded_image_string == fh.read()
+    assert _text(acc, "notes") == [(5, "half way")]
+    [(_, table)] = _text(acc, "config")
+    assert "| lr | 0.1 |" in table and "| model.width | 8 |" in table
+
+    start = hp_metadata.parse_session_start_info_plugin_data(
+        _hparams(acc)[hp_metadata.SESSION_START_INFO_TAG])
+    assert {k: v.number_value for k, v in start.hparams.items()} == data.config
+    [(_, summary)] = _text(acc, "summary")
+    assert "| status | finished |" in summary

@@ -221,7 +221,66 @@ def test_reader_framing(finished, tmp_path):
     assert read_wandb_run(copy).history == finished["records"].history
 
 
-def test_importing_the_sink_module_does_not_import_wandb():
-    code = ("import sys, autolog.sinks, autolog.sinks.wandb, autolog.wandb_records;"
-            "assert 'wandb' not in sys.modules, 'wandb imported'")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+def test_uncaught_exception_printed_once_with_previous_hook_kept(tmp_path):
+    """Starting W&B's service must not make an existing excepthook print tracebacks twice (and
+    importing the sink and the reader does not import wandb)."""
+    script = tmp_path / "crash.py"
+    script.write_text(
+        "import sys\n"
+        "def hook(t, e, tb):\n"
+        "    print('PREVIOUS HOOK', file=sys.stderr)\n"
+        "    sys.__excepthook__(t, e, tb)\n"
+        "sys.excepthook = hook\n"
+        "from autolog.records import RunInfo\n"
+        "from autolog.sinks.wandb import WandbSink\n"
+        "import autolog.wandb_records\n"
+        "assert 'wandb' not in sys.modules, 'wandb imported before the sink opened'\n"
+        f"WandbSink().open(RunInfo('r1', 'n', 'p', {str(tmp_path / 'run')!r}, {{}}, {{}}))\n"
+        "raise RuntimeError('boom')\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(tmp_path),
+           "WANDB_CACHE_DIR": str(tmp_path), "WANDB_CONFIG_DIR": str(tmp_path),
+           "WANDB_DATA_DIR": str(tmp_path), "PYTHONPATH": root}
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.count("RuntimeError: boom") == 1, proc.stderr
+    assert proc.stderr.count("PREVIOUS HOOK") == 1
+
+
+def test_end_to_end_matches_the_local_store(tmp_path):
+    import torch
+
+    import autolog
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    with autolog.run(project="e2e", name="wandb-e2e", dir=str(tmp_path), log_every=2,
+                     sinks=["local", WandbSink(mode="offline")],
+                     config={"lr": 0.1, "password": "hunter2"}) as run:
+        for step in range(5):
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            autolog.log({"val/acc": step / 10})
+        autolog.log_image("samples", np.zeros((4, 4, 3), np.uint8))
+    data = autolog.read_run(run.path)
+    records = read_wandb_run(run.path)
+    assert data.status == "finished" and records.exit_code == 0
+    assert (records.run_id, records.name, records.project) == (data.id, "wandb-e2e", "e2e")
+    assert records.config == data.config and data.config["password"] == "***"
+    assert data.metrics and "val/acc" in data.metrics
+    for name, series in data.metrics.items():
+        got = records.series(name)
+        assert [s for s, _ in got] == [s for s, _ in series], name
+        assert [v for _, v in got] == pytest.approx([v for _, v in series], nan_ok=True), name
+    for name, points in data.histograms.items():
+        for step, edges, counts in points:
+            (hist,) = [r[name] for r in records.history if r["_step"] == step and name in r]
+            assert hist["bins"] == pytest.approx(edges) and hist["values"] == pytest.approx(counts)
+    assert any("samples" in r for r in records.history)
+    for key, value in data.summary.items():
+        assert records.summary[key] == pytest.approx(value, nan_ok=True), key

@@ -15,6 +15,7 @@ Without tqdm the sink falls back to one plain line every `interval` seconds (ter
 from __future__ import annotations
 
 import math
+import os
 import sys
 import threading
 import time
@@ -32,7 +33,7 @@ PER_PARAMETER = ("grad_norm/", "weight_norm/", "update_ratio/", "gradients/", "p
 
 
 def batch_prog_bar(batch: Batch) -> tuple[str, ...]:
-    """Scalar names the user marked with ``autolog.log(..., prog_bar=True)`` (``Batch.prog_bar``)."""
+    """Scalar names marked with ``autolog.log(..., prog_bar=True)``: ``Batch.prog_bar``."""
     return tuple(getattr(batch, "prog_bar", None) or ())
 
 
@@ -237,8 +238,9 @@ class ConsoleSink(Sink):
         if "duration" not in result.meta:
             meta = dict(result.meta, duration=time.monotonic() - self._start)
             result = RunResult(result.status, result.summary, meta, result.config)
+        steps = result.meta.get("step", self.step)
         text = summary_block(self.run, result, self.stats, self.shown,
-                             self.max_summary_keys, self.step or None)
+                             self.max_summary_keys, steps if isinstance(steps, int) else None)
         with self._lock:
             self.stream.write(text)
             self.stream.flush()
@@ -289,10 +291,11 @@ class _BarSafeStream:
         self.wrapped = wrapped
         self._bar = bar
         self._pending = ""
+        self._pid = os.getpid()
 
     def write(self, text: str) -> int:
-        if not isinstance(text, str):
-            return self.wrapped.write(text)  # let the real stream raise its own error
+        if not isinstance(text, str) or os.getpid() != self._pid:  # e.g. a forked worker
+            return self.wrapped.write(text)
         with self._bar.get_lock():
             head, newline, tail = (self._pending + text).rpartition("\n")
             if newline:
@@ -309,6 +312,8 @@ class _BarSafeStream:
             self.write(line)
 
     def flush(self) -> None:
+        if os.getpid() != self._pid:
+            return self.wrapped.flush()
         with self._bar.get_lock():
             if self._pending:
                 self._emit(self._pending)

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import numbers
 import os
+import struct
 import time
 from typing import Any, Iterable, Mapping
 
+import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.compat.proto.tensor_pb2 import TensorProto
 from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
@@ -102,14 +104,10 @@ def hparam_value(value: Any) -> bool | float | str:
         return float(value)
     if isinstance(value, str):
         return value
-    try:  # numpy scalars
-        import numpy as np
-        if isinstance(value, np.bool_):
-            return bool(value)
-        if isinstance(value, np.number):
-            return float(value)
-    except ImportError:  # pragma: no cover - numpy is a dependency
-        pass
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, (np.integer, np.floating)):
+        return float(value)
     return str(value)
 
 
@@ -163,12 +161,22 @@ def markdown_table(rows: Mapping[str, Any], header: tuple[str, str] = ("key", "v
     return "\n".join(lines)
 
 
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}  # PNG colour type -> channels (3: palette)
+
+
+def png_shape(png: bytes) -> tuple[int, int, int]:
+    """(height, width, channels) from a PNG's IHDR chunk."""
+    if png[:8] != b"\x89PNG\r\n\x1a\n" or png[12:16] != b"IHDR":
+        raise ValueError("not a PNG file")
+    width, height = struct.unpack(">II", png[16:24])
+    return height, width, _PNG_CHANNELS.get(png[25], 3)
+
+
 def _png_bytes(array: Any) -> bytes:
     import io
 
-    from PIL import Image
+    from PIL import Image  # only when the core did not write the PNG
 
-    import numpy as np
     arr = np.asarray(array)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
@@ -295,19 +303,19 @@ class TensorBoardSink(Sink):
                 self._add(text_summary(m.name, body), m.step, m.wall_time)
 
     def _image(self, m: MediaRecord) -> None:
-        import numpy as np
-
-        arr = np.asarray(m.data)
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
-        height, width, channels = arr.shape
         png = None
         if m.path and self._run is not None:
             file = os.path.join(self._run.path, m.path)
             if os.path.isfile(file):
                 with open(file, "rb") as f:
                     png = f.read()
-        if png is None:  # the core writes the PNG; encode here only if it is missing
+        if png is not None:  # the core already wrote the PNG: reuse its bytes
+            height, width, channels = png_shape(png)
+        else:
+            arr = np.asarray(m.data)
+            if arr.ndim == 2:
+                arr = arr[:, :, None]
+            height, width, channels = arr.shape
             png = _png_bytes(arr)
         self._add(image_summary(m.name, png, height, width, channels), m.step, m.wall_time)
 
@@ -316,5 +324,4 @@ def _is_number(value: Any) -> bool:
     """A Python or numpy number (bools included), not a string that looks like one."""
     if isinstance(value, numbers.Number):
         return not isinstance(value, complex)
-    return type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0 \
-        and getattr(getattr(value, "dtype", None), "kind", "") in ("b", "i", "u", "f")
+    return isinstance(value, np.bool_)

@@ -1,0 +1,125 @@
+"""Test helpers shipped with autolog: an in-memory sink and a pytest fixture.
+
+    def test_my_training(autolog_run):        # with `pytest_plugins = ["autolog.testing"]`
+        train()                              # joins the fixture's run
+        assert autolog_run.sink.scalars("train/loss")
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Iterator
+
+from .records import Batch, HistogramRecord, MediaRecord, RunInfo, RunResult
+from .sinks.base import Sink
+
+
+class MemorySink(Sink):
+    """Keeps every record it receives, in order; thread-safe to read while a run writes."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.info: RunInfo | None = None
+        self.batches: list[Batch] = []
+        self.result: RunResult | None = None
+        self.config: dict[str, Any] = {}
+
+    def open(self, run: RunInfo) -> None:
+        with self._lock:
+            self.info = run
+            self.config = dict(run.config)
+
+    def write(self, batch: Batch) -> None:
+        with self._lock:
+            self.batches.append(batch)
+            if batch.config:
+                self.config.update(batch.config)
+
+    def close(self, result: RunResult) -> None:
+        with self._lock:
+            self.result = result
+
+    def points(self) -> list[tuple[str, int, float, float]]:
+        """Every scalar point received, in arrival order."""
+        with self._lock:
+            return [p for b in self.batches for p in b.scalars]
+
+    def scalars(self, name: str) -> list[tuple[int, float]]:
+        """(step, value) of one scalar, in arrival order."""
+        return [(step, value) for n, step, value, _w in self.points() if n == name]
+
+    def names(self) -> set[str]:
+        return {p[0] for p in self.points()}
+
+    def histograms(self, name: str | None = None) -> list[HistogramRecord]:
+        with self._lock:
+            return [h for b in self.batches for h in b.histograms if name is None or h.name == name]
+
+    def media(self, kind: str | None = None) -> list[MediaRecord]:
+        with self._lock:
+            return [m for b in self.batches for m in b.media if kind is None or m.kind == kind]
+
+
+class RaisingSink(Sink):
+    """A sink that fails on every call (failure injection)."""
+
+    name = "raising"
+
+    def __init__(self, where: tuple[str, ...] = ("open", "write", "close")) -> None:
+        self.where = where
+        self.calls = 0
+
+    def _fail(self, what: str) -> None:
+        self.calls += 1
+        if what in self.where:
+            raise RuntimeError(f"injected failure in {what}")
+
+    def open(self, run: RunInfo) -> None:
+        self._fail("open")
+
+    def write(self, batch: Batch) -> None:
+        self._fail("write")
+
+    def close(self, result: RunResult) -> None:
+        self._fail("close")
+
+
+class StallingSink(Sink):
+    """A sink whose `write` blocks until `release()` (failure injection)."""
+
+    name = "stalling"
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.writes = 0
+
+    def write(self, batch: Batch) -> None:
+        self.entered.set()
+        self.gate.wait()
+        self.writes += 1
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover - pytest is only needed for the fixture
+    pytest = None  # type: ignore[assignment]
+
+if pytest is not None:
+
+    @pytest.fixture
+    def autolog_run(tmp_path: Any) -> Iterator[Any]:
+        """An open run writing to `tmp_path` with a `MemorySink` (as `.sink`) and the local store."""
+        from . import api
+
+        sink = MemorySink()
+        run = api.run(project="test", dir=str(tmp_path), sinks=["local", sink], flush_secs=3600)
+        run.sink = sink  # type: ignore[attr-defined]
+        try:
+            yield run
+        finally:
+            run.finish()

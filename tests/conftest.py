@@ -1,0 +1,25 @@
+import os
+
+import pytest
+
+pytest_plugins = ["autolog.testing"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path):
+    """Every test starts with no AUTOLOG_* settings, W&B offline and silent, and cwd in tmp."""
+    for key in list(os.environ):
+        if key.startswith("AUTOLOG_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    yield
+    import sys
+
+    run_mod = sys.modules["autolog.run"]  # the module; `autolog.run` is the function
+    leftover = list(run_mod._active)
+    for r in leftover:
+        r.finish()
+    assert not leftover, f"a test left runs open: {leftover}"
