@@ -1,8 +1,10 @@
 """The record pipeline: a bounded queue of staged batches, one writer thread that resolves each
 to host values, and one delivery thread per sink so that a stalled sink never starves the others.
 
-Nothing here blocks the training thread: when a queue is full the oldest batch is dropped and
-counted. Sink errors are caught, counted, reported once on stderr, and kept for `meta`.
+Nothing here blocks the training thread. When the writer's queue is full the run postpones its
+hand-off (it keeps buffering, nothing is lost); when one sink's queue is full, that sink loses
+its oldest batch (counted in `meta["sink_errors"]`), the others get everything. Sink errors are
+caught, counted, reported once on stderr, and kept for `meta`.
 """
 from __future__ import annotations
 
@@ -32,9 +34,12 @@ class _BoundedQueue:
         self.dropped = 0
         self.closed = False
 
-    def put(self, item: Any) -> None:
+    def full(self) -> bool:
+        return len(self.items) >= self.size
+
+    def put(self, item: Any, force: bool = False) -> None:
         with self.cond:
-            if len(self.items) >= self.size:
+            if len(self.items) >= self.size and not force:
                 self.items.popleft()
                 self.dropped += 1
                 self.done_count += 1
@@ -163,10 +168,14 @@ class Pipeline:
             finally:
                 self.queue.task_done()
 
+    def has_room(self) -> bool:
+        """False while the writer is behind: the run then keeps buffering (no loss, no block)."""
+        return not self.queue.full()
+
     def submit(self, staged: Any) -> None:
         """Hand a staged batch on; never blocks."""
         if not self.closed:
-            self.queue.put(staged)
+            self.queue.put(staged, force=True)
 
     def wait(self, timeout: float) -> bool:
         """Block until every sink has handled every batch submitted so far (or `timeout`)."""
@@ -184,7 +193,7 @@ class Pipeline:
         `make_result` runs on the writer thread after every earlier batch was resolved, so the
         result can summarise all of them."""
         self.closed = True
-        self.queue.put(_Close(make_result))
+        self.queue.put(_Close(make_result), force=True)
         ok = self.wait(timeout)
         self.queue.close()
         for w in self.workers:

@@ -13,6 +13,9 @@ from . import store
 from .settings import DEFAULT_DIR, ENV
 
 
+_NON_FINITE = ("nan", "inf", "-inf")  # how run.json spells non-finite summary values
+
+
 def _lock_is_held(path: str) -> bool:
     """Whether a live process holds the run's lock (a new descriptor conflicts even in-process)."""
     try:
@@ -41,7 +44,8 @@ class RunData:
         self.tags: list[str] = record.get("tags", [])
         self.config: dict[str, Any] = record.get("config", {})
         self.meta: dict[str, Any] = record.get("meta", {})
-        self._stored_summary: dict[str, Any] = record.get("summary", {})
+        self._stored_summary: dict[str, Any] = {
+            k: float(v) if v in _NON_FINITE else v for k, v in record.get("summary", {}).items()}
         status = record.get("status", "running")
         if status == "running" and not _lock_is_held(self.path):
             status = "crashed"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import math
 
 import os
 import secrets
@@ -171,7 +172,7 @@ class Run:
                 "exception_message": str(exc),
                 "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
             }))
-        self._handoff()
+        self._handoff(force=True)
         ok = self.pipeline.close(self._result, self.settings.close_timeout)
         stats = self.pipeline.stats()
         problems = {k: v for k, v in stats.items() if v["errors"] or v["dropped_batches"]}
@@ -217,14 +218,14 @@ class Run:
         self._optimizer_seen = True
         self._keys_at_step.clear()
         if self._step % self.settings.log_every == 0:
-            self.flush()
+            self._handoff()
         else:
             self.maybe_flush()
 
     def maybe_flush(self) -> None:
         """Hand off when `flush_secs` have passed since the last hand-off."""
-        if time.monotonic() - self._last_handoff >= self.settings.flush_secs:
-            self.flush()
+        if time.monotonic() - self._last_handoff >= self.settings.flush_secs and not self._finished:
+            self._handoff()
 
     def flush(self, wait: bool = False, timeout: float | None = None) -> bool:
         """Hand everything buffered to the writer; with `wait`, block until every sink wrote it.
@@ -232,12 +233,15 @@ class Run:
         Returns False when `wait` timed out (a stalled sink)."""
         if self._finished or self._forked:
             return True
-        self._handoff()
+        self._handoff(force=True)
         if wait:
             return self.pipeline.wait(self.settings.close_timeout if timeout is None else timeout)
         return True
 
-    def _handoff(self) -> None:
+    def _handoff(self, force: bool = False) -> None:
+        if not force and not self.pipeline.has_room():
+            self._last_handoff = -math.inf  # writer behind: keep buffering, retry at the next call
+            return
         self._last_handoff = time.monotonic()
         staged = self._buffer.stage(self._step)
         if staged is not None:

@@ -4,7 +4,8 @@ A run directory ``<dir>/<project>/<run id>/`` holds:
 
 ``run.json``
     identity, status, config, meta and summary; replaced atomically (write a temporary file,
-    fsync, rename) when the run starts, when its config changes and when it ends.
+    fsync, rename) when the run starts, when its config changes and when it ends. Strict JSON:
+    non-finite numbers are written as the strings ``"nan"``, ``"inf"``, ``"-inf"``.
 ``events.alog``
     the append-only record log: the 8-byte magic ``b"AUTOLOG1"``, then records, each
     ``<u32 length><u32 crc32 of payload><payload>`` (little endian). The payload's first byte is its

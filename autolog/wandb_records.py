@@ -55,11 +55,19 @@ class WandbRunRecords:
         return [(row["_step"], row[key]) for row in self.history if key in row]
 
 
-def iter_chunk_payloads(data: bytes) -> Iterator[bytes]:
-    """Whole record payloads from the bytes of a ``.wandb`` file (header included)."""
-    if data[: len(HEADER)] != HEADER:
-        raise ValueError(f"not a W&B transaction log: header {data[:len(HEADER)]!r}")
-    pos, parts = len(HEADER), []
+def iter_chunk_payloads(data: bytes, offset: int = 0) -> Iterator[bytes]:
+    """Whole record payloads from the bytes of a ``.wandb`` file.
+
+    `data` starts at byte `offset` of the file: 0 (the header is checked) or a block boundary,
+    in which case chunks continuing a record from an earlier block are skipped.
+    """
+    if offset % BLOCK_SIZE:
+        raise ValueError(f"offset {offset} is not a multiple of the block size {BLOCK_SIZE}")
+    pos, parts, synced = 0, [], offset == 0
+    if offset == 0:
+        if data[: len(HEADER)] != HEADER:
+            raise ValueError(f"not a W&B transaction log: header {data[:len(HEADER)]!r}")
+        pos = len(HEADER)
     while True:
         left = BLOCK_SIZE - pos % BLOCK_SIZE
         if left < _CHUNK.size:  # zero padding at the end of a block
@@ -75,8 +83,12 @@ def iter_chunk_payloads(data: bytes) -> Iterator[bytes]:
         if checksum == 0 and length == 0 and kind == 0:  # preallocated, never written
             return
         if zlib.crc32(chunk, zlib.crc32(bytes([kind]))) & 0xFFFFFFFF != checksum:
-            raise ValueError(f"W&B transaction log: checksum mismatch at byte {pos}")
+            raise ValueError(f"W&B transaction log: checksum mismatch at byte {offset + pos}")
         pos = start + length
+        if kind in (FULL, FIRST):
+            synced = True
+        if not synced:
+            continue
         if kind == FULL:
             parts = []
             yield chunk
@@ -89,19 +101,44 @@ def iter_chunk_payloads(data: bytes) -> Iterator[bytes]:
             yield b"".join(parts)
             parts = []
         else:
-            raise ValueError(f"W&B transaction log: unknown chunk type {kind} at byte {pos}")
+            raise ValueError(f"W&B transaction log: unknown chunk type {kind} at byte {offset + pos}")
+
+
+def _parse(payload: bytes) -> Any:
+    from wandb.proto import wandb_internal_pb2
+
+    record = wandb_internal_pb2.Record()
+    record.ParseFromString(payload)
+    return record
 
 
 def iter_records(path: str | os.PathLike) -> Iterator[Any]:
     """Every ``wandb_internal_pb2.Record`` of a ``.wandb`` file, in order."""
-    from wandb.proto import wandb_internal_pb2
-
     with open(path, "rb") as fh:
         data = fh.read()
     for payload in iter_chunk_payloads(data):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(payload)
-        yield record
+        yield _parse(payload)
+
+
+def has_exit_record(path: str | os.PathLike) -> bool:
+    """Whether the file already holds the run's exit record (cheap: reads the last two blocks).
+
+    wandb-core buffers the transaction log and writes its last block only when it closes the
+    run's stream, which happens shortly *after* ``run.finish()`` returns.
+    """
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return False
+    offset = max(0, (size // BLOCK_SIZE - 1) * BLOCK_SIZE)
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        data = fh.read()
+    try:
+        return any(_parse(p).WhichOneof("record_type") == "exit"
+                   for p in iter_chunk_payloads(data, offset))
+    except ValueError:
+        return False
 
 
 def find_wandb_file(path: str | os.PathLike) -> str:

@@ -112,8 +112,12 @@ def test_missing_extra_names_the_extra(name, backend, module, monkeypatch):
     assert info.value.name == backend
 
 
-def test_a_run_uses_the_plugin_by_name(plugin, tmp_path):
-    with autolog.run(project="plug", dir=str(tmp_path), sinks=["local", "recording"],
+@pytest.mark.parametrize("from_env", [False, True])
+def test_a_run_uses_the_plugin_by_name(plugin, tmp_path, monkeypatch, from_env):
+    sinks = None if from_env else ["local", "recording"]
+    if from_env:
+        monkeypatch.setenv("AUTOLOG_SINKS", "local,recording")
+    with autolog.run(project="plug", dir=str(tmp_path), sinks=sinks,
                      config={"lr": 0.01}, log_every=2) as run:
         for step in range(5):
             autolog.log({"train/loss": 1.0 / (step + 1)}, step=step)

@@ -31,6 +31,7 @@ import html
 import os
 import re
 import sys
+import time
 import warnings
 from collections import defaultdict
 from typing import Any
@@ -51,6 +52,8 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "disable_job_creation": True,
     "silent": True,
 }
+
+CLOSE_TIMEOUT = 10.0  # seconds `close` waits for wandb-core to write the run's last records
 
 _BAD_ID = re.compile(r"[:;,#?/'\\%\s]+")
 _MAX_TAG = 64
@@ -92,6 +95,25 @@ def _keep_one_traceback(before: Any) -> None:
         previous(exc_type, exc, tb)
 
     sys.excepthook = excepthook
+
+
+def _wait_for_exit_record(path: str, timeout: float) -> bool:
+    """Wait until wandb-core has written the run's transaction log to the end.
+
+    ``run.finish()`` returns before wandb-core closes the run's stream, and the log's last
+    block reaches the disk only then; wandb offers no call to wait for it, so the file is
+    polled (a few milliseconds in practice). Afterwards ``wandb sync`` or a reader sees it all.
+    """
+    from ..wandb_records import has_exit_record
+
+    deadline = time.monotonic() + timeout
+    while not has_exit_record(path):
+        if time.monotonic() > deadline:
+            warnings.warn(f"autolog wandb sink: {path} still incomplete after {timeout:.0f} s",
+                          RuntimeWarning, stacklevel=2)
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def _text_html(text: str) -> Any:
@@ -209,5 +231,9 @@ class WandbSink(Sink):
             if result.summary:
                 run.summary.update(dict(result.summary))
         finally:
+            sync_file = getattr(run.settings, "sync_file", None)
+            written = getattr(run.settings, "mode", None) != "disabled"
             run.finish(exit_code=EXIT_CODES.get(result.status, 1))
             self.wandb_run = None
+        if sync_file and written and os.path.exists(sync_file):
+            _wait_for_exit_record(sync_file, CLOSE_TIMEOUT)
