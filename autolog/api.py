@@ -25,7 +25,8 @@ def run(project: str | None = None, name: str | None = None, dir: str | None = N
         sinks: Iterable[Any] | str | None = None, log_every: int | None = None,
         config: Mapping[str, Any] | Any = None, tags: Iterable[str] = (),
         capture: Any = None, redact: Iterable[Any] | None = None, mode: str | None = None,
-        flush_secs: float | None = None, close_timeout: float | None = None) -> Run | NullRun:
+        flush_secs: float | None = None, close_timeout: float | None = None,
+        sync_dist: bool = False) -> Run | NullRun:
     """Start a run now; use it as a context manager, or call `finish()` yourself.
 
     Inside an open run this returns that run (nested runs join the outer one); its `config`
@@ -33,7 +34,7 @@ def run(project: str | None = None, name: str | None = None, dir: str | None = N
     """
     options = dict(project=project, name=name, dir=dir, sinks=sinks, log_every=log_every, config=config,
                    tags=tags, capture=capture, redact=redact, mode=mode, flush_secs=flush_secs,
-                   close_timeout=close_timeout)
+                   close_timeout=close_timeout, sync_dist=sync_dist)
     open_run = run_mod.current()
     if open_run is not None:
         if config is not None:
@@ -65,7 +66,7 @@ def track(wrapped: Callable | None = None, *, project: str | None = None, name: 
           dir: str | None = None, sinks: Iterable[Any] | str | None = None, log_every: int | None = None,
           config: Mapping[str, Any] | Any = None, tags: Iterable[str] = (), capture: Any = None,
           redact: Iterable[Any] | None = None, mode: str | None = None, flush_secs: float | None = None,
-          close_timeout: float | None = None) -> Any:
+          close_timeout: float | None = None, sync_dist: bool = False) -> Any:
     """Decorate a train function: each call is a run whose config is the call's arguments.
 
     Works bare (``@track``) or with options (``@track(project="x")``) on functions, methods,
@@ -75,7 +76,7 @@ def track(wrapped: Callable | None = None, *, project: str | None = None, name: 
     """
     options = dict(project=project, name=name, dir=dir, sinks=sinks, log_every=log_every, config=config,
                    tags=tags, capture=capture, redact=redact, mode=mode, flush_secs=flush_secs,
-                   close_timeout=close_timeout)
+                   close_timeout=close_timeout, sync_dist=sync_dist)
     if wrapped is None:
         return functools.partial(track, **options)
 
@@ -139,14 +140,14 @@ def _target() -> Run | None:
 
 
 def log(data: Mapping[str, Any] | str, value: Any = None, *, step: int | None = None,
-        prog_bar: bool = False) -> None:
+        prog_bar: bool = False, sync_dist: bool = False, reduce: str = "mean") -> None:
     """Record scalars in the open run: ``log({"val/acc": acc})`` or ``log("val/acc", acc)``.
 
     Outside a run the call is ignored with one warning.
     """
     active = _target()
     if active is not None:
-        active.log(data, value, step=step, prog_bar=prog_bar)
+        active.log(data, value, step=step, prog_bar=prog_bar, sync_dist=sync_dist, reduce=reduce)
 
 
 def log_image(name: str, image: Any, step: int | None = None) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from . import config as config_mod
+from . import distributed
 from . import media as media_mod
 from . import meta as meta_mod
 from . import store
@@ -111,35 +112,62 @@ class Run:
         self._forked = False
         self._media_count = 0
         self._on_finish: list[Callable[["Run"], None]] = []
+        # Extension points for automatic capture (autolog.capture): called on the training thread
+        # just before each hand-off stages the buffer, and on the writer thread with each resolved
+        # batch before the sinks see it (they may add or remove records of the batch).
+        self._handoff_hooks: list[Callable[["Run"], None]] = []
+        self._prepare_hooks: list[Callable[[Batch], None]] = []
         self.flush_count = 0
+        self._sync_pending: list[tuple[str, int, Any, str]] = []
+        self.dist = distributed.context()
+        self.coordinator = distributed.Coordinator(self.dist) if self.dist.initialized and self.dist.world_size > 1 else None
         self._start()
 
     # ------------------------------------------------------------------ lifecycle
+    @property
+    def is_follower(self) -> bool:
+        """True on ranks other than 0: the run exists (same id) but writes nothing."""
+        return not self.dist.is_main
+
     def _start(self) -> None:
         s = self.settings
         self.start_time = time.time()
         self._start_mono = time.monotonic()
-        parent = os.path.join(s.dir, self.project)
-        self.id, self.path = new_run_id(parent)
-        self.name = s.name or self.id
-        self._lock_fd = os.open(os.path.join(self.path, store.LOCK_FILE), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o644)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         meta = meta_mod.start_meta(self.start_time)
         meta["command"] = self._redactor.argv(meta["command"])
+        meta.update(self.dist.meta())
         self.meta = self._redactor.deep(meta)
-        self._write_record()
-        sinks = resolve_sinks(s.sinks)
-        info = RunInfo(id=self.id, name=self.name, project=self.project, path=self.path,
-                       config=dict(self.config), meta=dict(self.meta), tags=self.tags,
-                       mode=None if s.mode == "online" else s.mode)
-        self.pipeline = Pipeline(sinks, info, prepare=self._prepare)
+        if self.is_follower:
+            identity = self.coordinator.share_identity(None) if self.coordinator else None
+            identity = identity or {"id": None, "path": None, "name": s.name}
+            self.id, self.path, self.name = identity["id"], identity["path"], identity["name"]
+            self._lock_fd = None
+            self.pipeline = _NullPipeline()
+        else:
+            parent = os.path.join(s.dir, self.project)
+            self.id, self.path = new_run_id(parent)
+            self.name = s.name or self.id
+            self._lock_fd = os.open(os.path.join(self.path, store.LOCK_FILE), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o644)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._write_record()
+            sinks = resolve_sinks(s.sinks)
+            info = RunInfo(id=self.id, name=self.name, project=self.project, path=self.path,
+                           config=dict(self.config), meta=dict(self.meta), tags=self.tags,
+                           mode=None if s.mode == "online" else s.mode)
+            self.pipeline = Pipeline(sinks, info, prepare=self._prepare)
+            if self.coordinator:
+                self.coordinator.share_identity({"id": self.id, "path": self.path, "name": self.name})
         _all_runs.add(self)
         with _state_lock:
             _active.append(self)
         _signals.install()
-        from .capture import instrument
+        try:
+            from .capture import instrument
 
-        instrument(self)  # automatic capture; undone by the hooks it adds to self._on_finish
+            instrument(self)  # automatic capture; undone by the hooks it adds to self._on_finish
+        except Exception as exc:  # noqa: BLE001 -- never break the user's training
+            self.meta["capture_error"] = f"{type(exc).__name__}: {exc}"
+            print(f"autolog: automatic capture is off for this run: {type(exc).__name__}: {exc}", file=sys.stderr)
 
     def _record(self) -> dict[str, Any]:
         return {"format": store.FORMAT_VERSION, "id": self.id, "name": self.name, "project": self.project,
@@ -162,16 +190,26 @@ class Run:
                 hook(self)
             except Exception as e:  # noqa: BLE001 -- instrumentation must not mask the run's end
                 print(f"autolog: while ending the run: {type(e).__name__}: {e}", file=sys.stderr)
-        self.status = status
         end = time.time()
         self.meta.update(end_time=meta_mod.iso(end), end_timestamp=end,
                          duration=time.monotonic() - self._start_mono, step=self._step)
+        failure = None
         if exc is not None:
-            self.meta.update(self._redactor.deep({
+            failure = self._redactor.deep({
                 "exception_type": type(exc).__qualname__,
                 "exception_message": str(exc),
                 "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-            }))
+            })
+            self.meta.update(failure)
+        if self.coordinator is not None:
+            status = self._finish_distributed(status, failure)
+        elif self._sync_pending:
+            self._reduce_point()
+        self.status = status
+        if self.is_follower:
+            self._buffer.stage(self._step)  # drop: followers write nothing
+            _signals.uninstall()
+            return
         self._handoff(force=True)
         ok = self.pipeline.close(self._result, self.settings.close_timeout)
         stats = self.pipeline.stats()
@@ -184,6 +222,32 @@ class Run:
         self._write_record()
         os.close(self._lock_fd)
         _signals.uninstall()
+
+    def _finish_distributed(self, status: str, failure: dict[str, Any] | None) -> str:
+        """The end of a run in a multi-rank job: the last reduction point when every rank ends
+        cleanly; otherwise the failing rank leaves its exception for rank 0 to record."""
+        if status == "finished":
+            try:
+                self._reduce_point()
+            except distributed.DistributedMismatchError as err:
+                self.meta["dist_error"] = str(err)
+                status = "failed"
+                peer = self.coordinator.peer_failure()
+                self.meta.update(peer or {"exception_type": type(err).__qualname__, "exception_message": str(err)})
+            return status
+        self._sync_pending.clear()
+        if failure is not None and status == "failed":
+            self.coordinator.report_failure(failure)
+        if not self.is_follower:
+            peer = self.coordinator.peer_failure()
+            if peer is not None:
+                own = {k: self.meta.pop(k) for k in ("exception_type", "exception_message", "traceback") if k in self.meta}
+                if own:
+                    self.meta["rank0_exception"] = own
+                self.meta["failed_rank"] = peer.pop("rank")
+                self.meta.update(peer)
+                return "failed"
+        return status
 
     def _result(self) -> RunResult:
         """Built on the writer thread once every batch has been seen, so the summary is whole."""
@@ -201,10 +265,11 @@ class Run:
         """In a forked child (a DataLoader worker) the run is inert: it writes nothing."""
         self._forked = True
         self._buffer.reset_after_fork()
-        try:
-            os.close(self._lock_fd)  # the parent still holds the lock through its own descriptor
-        except OSError:
-            pass
+        if self._lock_fd is not None:
+            try:
+                os.close(self._lock_fd)  # the parent still holds the lock through its own descriptor
+            except OSError:
+                pass
 
     # ------------------------------------------------------------------ steps and hand-offs
     @property
@@ -218,6 +283,8 @@ class Run:
         self._optimizer_seen = True
         self._keys_at_step.clear()
         if self._step % self.settings.log_every == 0:
+            if self._sync_pending:
+                self._reduce_point()
             self._handoff()
         else:
             self.maybe_flush()
@@ -238,11 +305,35 @@ class Run:
             return self.pipeline.wait(self.settings.close_timeout if timeout is None else timeout)
         return True
 
+    def _reduce_point(self) -> None:
+        """Reduce the values logged with ``sync_dist=True`` across ranks (one collective)."""
+        with self._buffer._lock:
+            entries, self._sync_pending = self._sync_pending, []
+        if not entries:
+            return
+        if self.coordinator is None:  # a single process: the values are already "reduced"
+            reduced: list[float] | None = [v for _n, _s, v, _o in entries]
+        else:
+            backend = self.dist.backend or ""
+            device = torch.device("cuda", torch.cuda.current_device()) if "nccl" in backend else torch.device("cpu")
+            reduced = self.coordinator.reduce(entries, device)
+        if reduced is not None and not self.is_follower:
+            wall = time.time()
+            for (name, step, _v, _op), value in zip(entries, reduced):
+                self._buffer.scalar(name, step, value, wall)
+
+    def log_synced(self, name: str, step: int, value: Any, reduce: str = "mean") -> None:
+        """Record a value to be reduced across ranks at the next reduction point."""
+        with self._buffer._lock:
+            self._sync_pending.append((name, step, value, reduce))
+
     def _handoff(self, force: bool = False) -> None:
         if not force and not self.pipeline.has_room():
             self._last_handoff = -math.inf  # writer behind: keep buffering, retry at the next call
             return
         self._last_handoff = time.monotonic()
+        for hook in self._handoff_hooks:
+            hook(self)
         staged = self._buffer.stage(self._step)
         if staged is not None:
             self.flush_count += 1
@@ -250,6 +341,8 @@ class Run:
 
     def _prepare(self, batch: Batch) -> None:
         """On the writer thread: write media files, track last values, persist config changes."""
+        for hook in self._prepare_hooks:
+            hook(batch)
         self._last_values.update((name, value) for name, _s, value, _w in batch.scalars)
         if batch.media:
             batch.media = [self._store_media(m) for m in batch.media]
@@ -282,12 +375,16 @@ class Run:
         return int(step)
 
     def log(self, data: Mapping[str, Any] | str, value: Any = None, *, step: int | None = None,
-            prog_bar: bool = False) -> None:
+            prog_bar: bool = False, sync_dist: bool = False, reduce: str = "mean") -> None:
         """Record scalars: ``log({"val/acc": 0.9})`` or ``log("val/acc", 0.9)``.
 
         Nested dicts are flattened with "/". Tensors stay on their device until the next
-        hand-off. Everything is checked before anything is recorded.
+        hand-off. Everything is checked before anything is recorded. With ``sync_dist=True``
+        the values are reduced across ranks (`reduce`: mean, sum, max or min) at the next
+        reduction point (see `autolog.distributed`); without it, only rank 0's values are kept.
         """
+        if reduce not in distributed.REDUCE_OPS:
+            raise ValueError(f"autolog.log: reduce: expected one of {', '.join(distributed.REDUCE_OPS)}, got {reduce!r}")
         if isinstance(data, str):
             items = [(_check_key(data, "autolog.log"), _check_scalar(data, value))]
         elif isinstance(data, Mapping):
@@ -297,9 +394,13 @@ class Run:
             _flatten_metrics(data, "", items)
         else:
             raise TypeError(f"autolog.log: expected a dict of metrics or a name, got {type(data).__name__}")
-        if self._finished or self._forked or not items:
+        if self._finished or self._forked or not items or (self.is_follower and not sync_dist):
             return
         step = self._step_for(step, [n for n, _ in items])
+        if sync_dist and self.dist.world_size > 1:
+            for name, v in items:
+                self.log_synced(name, step, v, reduce)
+            return
         self._buffer.scalars_from(items, step, time.time())
         if prog_bar:
             self._buffer.mark_prog_bar([n for n, _ in items])
@@ -343,6 +444,27 @@ class Run:
 
     def __repr__(self) -> str:
         return f"<autolog.Run {self.project}/{self.id} {self.status} step={self._step}>"
+
+
+class _NullPipeline:
+    """A follower's pipeline: nothing goes anywhere."""
+
+    closed = False
+
+    def has_room(self) -> bool:
+        return True
+
+    def submit(self, staged: Any) -> None:
+        pass
+
+    def wait(self, timeout: float) -> bool:
+        return True
+
+    def close(self, make_result: Any, timeout: float) -> bool:
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        return {}
 
 
 class NullRun:

@@ -7,6 +7,8 @@ import re
 import sys
 from typing import Any, Iterable, Mapping
 
+from .capture.options import parse_capture
+
 DEFAULT_DIR = "runs"
 DEFAULT_SINKS = ("local", "console")
 DEFAULT_LOG_EVERY = 50
@@ -45,9 +47,10 @@ class Settings:
     close_timeout: float
     config: Mapping[str, Any] | None
     tags: tuple[str, ...]
-    capture: Mapping[str, Any] | None
+    capture: frozenset[str]  # automatic capture names, see autolog.capture.options
     redact: tuple[Any, ...]
     mode: str
+    sync_dist: bool = False
 
     @property
     def disabled(self) -> bool:
@@ -91,9 +94,9 @@ def default_project(func: Any = None) -> str:
 def resolve(project: str | None = None, name: str | None = None, dir: str | os.PathLike | None = None,
             sinks: Iterable[Any] | str | None = None, log_every: int | None = None,
             config: Mapping[str, Any] | None = None, tags: Iterable[str] = (),
-            capture: Mapping[str, Any] | None = None, redact: Iterable[Any] | None = None,
+            capture: Any = None, redact: Iterable[Any] | None = None,
             mode: str | None = None, flush_secs: float | None = None,
-            close_timeout: float | None = None, func: Any = None) -> Settings:
+            close_timeout: float | None = None, sync_dist: bool = False, func: Any = None) -> Settings:
     """Settings for a run: each from its argument, else its environment variable, else built-in."""
     mode = mode or _from_env("mode") or "online"
     if mode not in MODES:
@@ -137,7 +140,8 @@ def resolve(project: str | None = None, name: str | None = None, dir: str | os.P
         close_timeout=_positive_float("close_timeout", close_timeout),
         config=config,
         tags=tags,
-        capture=capture,
+        capture=parse_capture(capture),
         redact=tuple(redact or ()),
         mode=mode,
+        sync_dist=bool(sync_dist),
     )
