@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import struct
+import time
 import zlib
 from typing import Any, Iterator
 
@@ -101,7 +102,8 @@ def iter_chunk_payloads(data: bytes, offset: int = 0) -> Iterator[bytes]:
             yield b"".join(parts)
             parts = []
         else:
-            raise ValueError(f"W&B transaction log: unknown chunk type {kind} at byte {offset + pos}")
+            raise ValueError(f"W&B transaction log: unknown chunk type {kind} "
+                             f"at byte {offset + pos}")
 
 
 def _parse(payload: bytes) -> Any:
@@ -141,6 +143,21 @@ def has_exit_record(path: str | os.PathLike) -> bool:
         return False
 
 
+def wait_for_exit_record(path: str | os.PathLike, timeout: float = 10.0) -> bool:
+    """Wait until the file holds its exit record; False if `timeout` seconds pass first.
+
+    ``run.finish()`` returns before wandb-core closes the run's stream, and the log's last
+    block reaches the disk only then. wandb offers no call to wait for that, so the file is
+    polled (a few milliseconds in practice).
+    """
+    deadline = time.monotonic() + timeout
+    while not has_exit_record(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 def find_wandb_file(path: str | os.PathLike) -> str:
     """The ``.wandb`` file for `path`: the file itself, an ``offline-run-*`` directory, or a
     directory holding ``wandb/`` (an autolog run directory); the newest run when several."""
@@ -161,7 +178,8 @@ def find_wandb_file(path: str | os.PathLike) -> str:
     if not candidates:
         raise FileNotFoundError(f"no .wandb file in {path}")
     # offline-run-<YYYYmmdd_HHMMSS>-<id>: the directory name sorts by start time
-    return max(candidates, key=lambda f: (os.path.basename(os.path.dirname(f)), os.path.getmtime(f)))
+    return max(candidates,
+               key=lambda f: (os.path.basename(os.path.dirname(f)), os.path.getmtime(f)))
 
 
 def _key(item: Any) -> list[str]:

@@ -14,7 +14,8 @@ import wandb
 
 from autolog.records import Batch, HistogramRecord, MediaRecord, RunInfo, RunResult
 from autolog.sinks.wandb import WandbSink, wandb_run_id
-from autolog.wandb_records import BLOCK_SIZE, HEADER, iter_chunk_payloads, read_wandb_run
+from autolog.wandb_records import (BLOCK_SIZE, HEADER, find_wandb_file, iter_chunk_payloads,
+                                   read_wandb_run, wait_for_exit_record)
 
 
 
@@ -43,7 +44,7 @@ def wandb_env(tmp_path_factory):
 def _info(tmp, run_id="20250101-120000:ab/cd", **kw) -> RunInfo:
     path = tmp / "proj" / "run"
     return RunInfo(id=run_id, name="my-run", project="autolog-test", path=str(path),
-                   config=dict(CONFIG), meta={}, tags=("a", "t" * 80), mode=kw.pop("mode", None), **kw)
+                   config=dict(CONFIG), meta={}, tags=("a", "t" * 80), **kw)
 
 
 def _in_thread(fn):
@@ -66,7 +67,8 @@ def _in_thread(fn):
 
 def _batches():
     b1 = Batch(
-        scalars=[("train/loss", 2, 0.5, 1.0), ("train/loss", 0, 2.0, 1.0), ("train/loss", 1, 1.0, 1.0),
+        scalars=[("train/loss", 2, 0.5, 1.0), ("train/loss", 0, 2.0, 1.0),
+                 ("train/loss", 1, 1.0, 1.0),
                  ("val/acc", 2, 0.75, 1.0), ("weird", 1, float("nan"), 1.0)],
         histograms=[HistogramRecord("gradients/w", 1, EDGES, COUNTS, 1.0)],
         media=[MediaRecord("image", "samples", 2, 1.0, data=IMAGE, path="media/samples_2.png"),
@@ -104,6 +106,8 @@ def finished(wandb_env, tmp_path_factory):
     after = (wandb.run, wandb.config, wandb.summary, wandb.log)
     user.log({"user/x": 1.0}, step=0)
     user.finish()
+    # run.finish() returns before wandb-core writes the log's last block (the sink waits for it)
+    assert wait_for_exit_record(find_wandb_file(os.path.join(tmp, "wandb")))
     return {"sink": sink, "info": info, "tmp": tmp, "records": read_wandb_run(info.path),
             "user": read_wandb_run(os.path.join(tmp, "wandb")), "before": before, "after": after,
             "warnings": [w for w in caught if "W&B history only moves forward" in str(w.message)]}
@@ -221,31 +225,47 @@ def test_reader_framing(finished, tmp_path):
     assert read_wandb_run(copy).history == finished["records"].history
 
 
-def test_uncaught_exception_printed_once_with_previous_hook_kept(tmp_path):
-    """Starting W&B's service must not make an existing excepthook print tracebacks twice (and
-    importing the sink and the reader does not import wandb)."""
-    script = tmp_path / "crash.py"
-    script.write_text(
-        "import sys\n"
-        "def hook(t, e, tb):\n"
-        "    print('PREVIOUS HOOK', file=sys.stderr)\n"
-        "    sys.__excepthook__(t, e, tb)\n"
-        "sys.excepthook = hook\n"
-        "from autolog.records import RunInfo\n"
-        "from autolog.sinks.wandb import WandbSink\n"
-        "import autolog.wandb_records\n"
-        "assert 'wandb' not in sys.modules, 'wandb imported before the sink opened'\n"
-        f"WandbSink().open(RunInfo('r1', 'n', 'p', {str(tmp_path / 'run')!r}, {{}}, {{}}))\n"
-        "raise RuntimeError('boom')\n")
+CHILD = """
+import sys
+def hook(t, e, tb):
+    print('PREVIOUS HOOK', file=sys.stderr)
+    sys.__excepthook__(t, e, tb)
+sys.excepthook = hook
+import autolog, autolog.wandb_records
+from autolog.sinks.wandb import WandbSink
+assert 'wandb' not in sys.modules, 'wandb imported before the sink opened'
+run = autolog.run(project='p', dir=sys.argv[1], sinks=[WandbSink()], log_every=1000)
+autolog.log({'a': 1.0}, step=0)
+run.flush(wait=True)  # the sink is open: W&B's service runs, its exit handlers are set
+autolog.log({'a': 2.0}, step=1)  # handed off only when the run ends
+print(run.path)
+if sys.argv[2] == 'raise':
+    raise RuntimeError('boom')
+"""
+
+
+@pytest.mark.parametrize("end", ["raise", "exit"])
+def test_process_end_with_an_open_run(tmp_path, end):
+    """A run still open when the script raises or just ends reaches W&B whole; the traceback is
+    printed once though W&B's service wraps an existing excepthook; importing the sink and the
+    reader does not import wandb."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(tmp_path),
-           "WANDB_CACHE_DIR": str(tmp_path), "WANDB_CONFIG_DIR": str(tmp_path),
-           "WANDB_DATA_DIR": str(tmp_path), "PYTHONPATH": root}
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 1
-    assert proc.stderr.count("RuntimeError: boom") == 1, proc.stderr
-    assert proc.stderr.count("PREVIOUS HOOK") == 1
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": root}
+    env.update({k: str(tmp_path) for k in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR",
+                                           "WANDB_DATA_DIR")})
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path), end], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert "failed in close" not in proc.stderr, proc.stderr
+    records = read_wandb_run(proc.stdout.strip().splitlines()[-1])
+    assert records.series("a") == [(0, 1.0), (1, 2.0)]
+    if end == "raise":
+        assert proc.returncode == 1
+        assert proc.stderr.count("RuntimeError: boom") == 1, proc.stderr
+        assert proc.stderr.count("PREVIOUS HOOK") == 1
+        assert records.exit_code == 1
+    else:
+        assert proc.returncode == 0, proc.stderr
+        assert records.exit_code == 0
 
 
 def test_end_to_end_matches_the_local_store(tmp_path):
@@ -260,6 +280,7 @@ def test_end_to_end_matches_the_local_store(tmp_path):
     with autolog.run(project="e2e", name="wandb-e2e", dir=str(tmp_path), log_every=2,
                      sinks=["local", WandbSink(mode="offline")],
                      config={"lr": 0.1, "password": "hunter2"}) as run:
+        autolog.watch(model, log="all", log_every=2, graph=True)
         for step in range(5):
             opt.zero_grad()
             loss = torch.nn.functional.mse_loss(model(x), y)
@@ -267,12 +288,14 @@ def test_end_to_end_matches_the_local_store(tmp_path):
             opt.step()
             autolog.log({"val/acc": step / 10})
         autolog.log_image("samples", np.zeros((4, 4, 3), np.uint8))
+        autolog.log_text("notes", "a <b> c")
     data = autolog.read_run(run.path)
     records = read_wandb_run(run.path)
     assert data.status == "finished" and records.exit_code == 0
     assert (records.run_id, records.name, records.project) == (data.id, "wandb-e2e", "e2e")
     assert records.config == data.config and data.config["password"] == "***"
-    assert data.metrics and "val/acc" in data.metrics
+    assert {"train/loss", "optim/lr", "val/acc", "grad_norm/total"} <= set(data.metrics)
+    assert {"gradients/weight", "parameters/bias"} <= set(data.histograms)
     for name, series in data.metrics.items():
         got = records.series(name)
         assert [s for s, _ in got] == [s for s, _ in series], name
@@ -281,6 +304,10 @@ def test_end_to_end_matches_the_local_store(tmp_path):
         for step, edges, counts in points:
             (hist,) = [r[name] for r in records.history if r["_step"] == step and name in r]
             assert hist["bins"] == pytest.approx(edges) and hist["values"] == pytest.approx(counts)
-    assert any("samples" in r for r in records.history)
+    assert {m["kind"] for m in data.media} >= {"image", "text", "graph"}
+    for m in data.media:  # images as image panels; text and the model's printed form as HTML
+        (value,) = [r[m["name"]] for r in records.history
+                    if r["_step"] == m["step"] and m["name"] in r]
+        assert value["_type"] == ("image-file" if m["kind"] == "image" else "html-file"), m
     for key, value in data.summary.items():
         assert records.summary[key] == pytest.approx(value, nan_ok=True), key

@@ -24,14 +24,19 @@ The sink never reads or sets the global ``wandb.run`` (``reinit="create_new"``; 
 and never calls ``wandb.log`` or ``wandb.watch``, so a W&B run owned by the user or another
 library is left as it was. Mode: the sink's ``mode``, else ``"offline"`` when autolog runs
 offline, else W&B's own default (``WANDB_MODE`` honoured).
+
+Process-level care: ``close`` returns once the W&B transaction log is complete on disk (wandb's
+``finish`` returns a little before that), so ``wandb sync`` or `autolog.wandb_records` can read
+it at once; a run still open at interpreter exit is ended before W&B's service shuts down; and
+the excepthook W&B's service installs does not make uncaught exceptions print twice.
 """
 from __future__ import annotations
 
+import atexit
 import html
 import os
 import re
 import sys
-import time
 import warnings
 from collections import defaultdict
 from typing import Any
@@ -75,6 +80,22 @@ def _settings_dict(settings: Any) -> dict[str, Any]:
     return {k: getattr(settings, k) for k in fields}
 
 
+def _finish_autolog_runs() -> None:
+    """At interpreter exit: end autolog's open runs while W&B's service still listens."""
+    finish_all = getattr(sys.modules.get("autolog.run"), "_at_exit", None)
+    if callable(finish_all):
+        finish_all()
+
+
+def _end_runs_before_wandb_teardown() -> None:
+    """Exit handlers run last-registered first, and W&B registers its service teardown at the
+    first ``wandb.init``, after autolog's own handler: a run still open at exit would then close
+    its W&B run after the service is gone ("Connection lost"), losing the last rows and the
+    summary. Registering autolog's run finisher again, after W&B's, puts it first."""
+    atexit.unregister(_finish_autolog_runs)
+    atexit.register(_finish_autolog_runs)
+
+
 def _keep_one_traceback(before: Any) -> None:
     """Undo a double traceback that starting W&B's service would cause.
 
@@ -97,29 +118,10 @@ def _keep_one_traceback(before: Any) -> None:
     sys.excepthook = excepthook
 
 
-def _wait_for_exit_record(path: str, timeout: float) -> bool:
-    """Wait until wandb-core has written the run's transaction log to the end.
-
-    ``run.finish()`` returns before wandb-core closes the run's stream, and the log's last
-    block reaches the disk only then; wandb offers no call to wait for it, so the file is
-    polled (a few milliseconds in practice). Afterwards ``wandb sync`` or a reader sees it all.
-    """
-    from ..wandb_records import has_exit_record
-
-    deadline = time.monotonic() + timeout
-    while not has_exit_record(path):
-        if time.monotonic() > deadline:
-            warnings.warn(f"autolog wandb sink: {path} still incomplete after {timeout:.0f} s",
-                          RuntimeWarning, stacklevel=2)
-            return False
-        time.sleep(0.005)
-    return True
-
-
 def _text_html(text: str) -> Any:
     import wandb
 
-    return wandb.Html(f"<pre>{html.escape(text)}</pre>", inject=False, data_is_not_path=True)
+    return wandb.Html(f"<pre>{html.escape(text)}</pre>", inject=False)
 
 
 def _media_value(record: MediaRecord, run_dir: str) -> Any:
@@ -188,6 +190,7 @@ class WandbSink(Sink):
         before = sys.excepthook
         self.wandb_run = wandb.init(**self.init_args(run))
         _keep_one_traceback(before)
+        _end_runs_before_wandb_teardown()
         self._step = int(getattr(self.wandb_run, "step", 0) or 0)
 
     def write(self, batch: Batch) -> None:
@@ -200,7 +203,8 @@ class WandbSink(Sink):
         for name, step, value, _wall in batch.scalars:
             rows[int(step)][name] = value
         for h in batch.histograms:
-            rows[int(h.step)][h.name] = wandb.Histogram(np_histogram=(list(h.counts), list(h.edges)))
+            hist = wandb.Histogram(np_histogram=(list(h.counts), list(h.edges)))
+            rows[int(h.step)][h.name] = hist
         for m in batch.media:
             value = _media_value(m, self._run_dir)
             if value is not None:
@@ -236,4 +240,9 @@ class WandbSink(Sink):
             run.finish(exit_code=EXIT_CODES.get(result.status, 1))
             self.wandb_run = None
         if sync_file and written and os.path.exists(sync_file):
-            _wait_for_exit_record(sync_file, CLOSE_TIMEOUT)
+            # run.finish() returns before wandb-core has written the log's last block
+            from ..wandb_records import wait_for_exit_record
+
+            if not wait_for_exit_record(sync_file, CLOSE_TIMEOUT):
+                warnings.warn(f"autolog wandb sink: {sync_file} still incomplete after "
+                              f"{CLOSE_TIMEOUT:.0f} s", RuntimeWarning, stacklevel=2)
