@@ -9,6 +9,9 @@ from ._version import __version__
 from .api import current_run, log, log_figure, log_image, log_text, run, track
 from .reader import RunData, list_runs, read_run
 from .run import Run
+from .capture.errors import NonFiniteError
+from .capture.watch import unwatch, watch
 
 __all__ = ["__version__", "track", "run", "log", "log_image", "log_figure", "log_text", "current_run",
-           "read_run", "list_runs", "RunData", "Run"]
+           "read_run", "list_runs", "RunData", "Run",
+           "watch", "unwatch", "NonFiniteError"]

@@ -30,7 +30,8 @@ def run(project: str | None = None, name: str | None = None, dir: str | None = N
     """Start a run now; use it as a context manager, or call `finish()` yourself.
 
     Inside an open run this returns that run (nested runs join the outer one); its `config`
-    is merged into the open run's config.
+    is merged into the open run's config. The options are those of `track` (see ``capture``
+    there).
     """
     options = dict(project=project, name=name, dir=dir, sinks=sinks, log_every=log_every, config=config,
                    tags=tags, capture=capture, redact=redact, mode=mode, flush_secs=flush_secs,
@@ -73,6 +74,14 @@ def track(wrapped: Callable | None = None, *, project: str | None = None, name: 
     staticmethods and classmethods. A call inside an open run joins it. The function's return
     value is returned unchanged, and its numbers are added to the run's summary. Exceptions
     propagate unchanged; the run records them (``failed``, or ``interrupted`` for Ctrl-C).
+
+    capture: what the run records automatically, with no logging call. None or True (the
+    default): everything -- "loss" (``train/loss`` from every scalar ``backward()``),
+    "optimizer" (``optim/lr``, momentum/betas, weight decay at every step) and "timing"
+    (``perf/step_time``, ``perf/samples_per_sec``); the run's step follows the first optimizer
+    whenever anything is captured. A name or a collection of names: those only. A mapping
+    such as ``{"timing": False}``: everything but the names mapped to False. False: nothing is
+    captured, nothing is patched, and `autolog.watch` is ignored.
     """
     options = dict(project=project, name=name, dir=dir, sinks=sinks, log_every=log_every, config=config,
                    tags=tags, capture=capture, redact=redact, mode=mode, flush_secs=flush_secs,

@@ -85,6 +85,27 @@ class RunBuffer:
         return Staged(scalars, vectors, hists, media, config, prog_bar, step)
 
 
+def _pack(tensors: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+    """`tensors` (one device, in order) as a few 1-D `dtype` tensors: each run of 0-d tensors of
+    one dtype (a loss per step...) is stacked by one op, not reshaped and converted one by one."""
+    pieces: list[torch.Tensor] = []
+    run: list[torch.Tensor] = []
+    for t in tensors:
+        if t.dim() == 0 and (not run or t.dtype == run[0].dtype):
+            run.append(t)
+            continue
+        if run:
+            pieces.append(torch.stack(run).to(dtype))
+            run = []
+        if t.dim() == 0:
+            run.append(t)
+        else:
+            pieces.append(t.reshape(-1).to(dtype))
+    if run:
+        pieces.append(torch.stack(run).to(dtype))
+    return pieces
+
+
 class _HostCopy:
     """Tensors of one device packed into one float64 tensor, copied to the host in one go."""
 
@@ -92,7 +113,8 @@ class _HostCopy:
         device = tensors[0].device
         dtype = torch.float32 if device.type == "mps" else torch.float64
         with torch.no_grad():
-            flat = torch.cat([t.detach().reshape(-1).to(dtype) for t in tensors])
+            pieces = _pack(tensors, dtype)
+            flat = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
         self.event = None
         if device.type == "cuda":
             self.host = flat.to("cpu", non_blocking=True)
@@ -129,7 +151,8 @@ class Staged:
                 return (dev, start, value.numel())
             return None
 
-        self.scalar_slots = [slot(v) for _n, _s, v, _w in scalars]
+        tensor = torch.Tensor  # numbers (most scalars) skip the call
+        self.scalar_slots = [slot(v) if isinstance(v, tensor) else None for _n, _s, v, _w in scalars]
         self.vector_slots = [slot(v) for _n, _s, v, _w in vectors]
         self.hist_slots = [(slot(c), slot(lo), slot(hi)) for _n, _s, c, lo, hi, _w in hists]
         self.copies = {dev: _HostCopy(ts) for dev, ts in groups.items()}

@@ -1,4 +1,14 @@
-"""Automatic capture (loss, optimizer, watch). Filled in by the capture work (issue 3)."""
+"""Automatic capture: the loss of every ``backward()``, every optimizer step (step count,
+hyperparameters, timing), and the models given to `autolog.watch` (norms, update ratios,
+histograms, NaN/Inf alarm, graph).
+
+Nothing here synchronises the device between hand-offs: values stay on their device in the
+run's buffer and reach the host in the core's one copy per hand-off.
+
+Module map: `options` (the ``capture=`` run option), `patches` (process-wide patches and hooks,
+refcounted over open runs), `session` (one run's capture), `loss`, `optim`, `watch`, `stats`,
+`nonfinite`, `timing`, `safe`. Submodules that need torch are imported when a run starts.
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -6,3 +16,6 @@ from typing import Any
 
 def instrument(run: Any) -> None:
     """Install the automatic capture for `run`; register its undo in `run._on_finish`."""
+    from .session import Capture
+
+    Capture.start(run)

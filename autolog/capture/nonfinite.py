@@ -1,0 +1,191 @@
+"""The NaN/Inf alarm, without a per-step sync.
+
+Gradients: at every optimizer step, the per-parameter gradient norms of watched models are
+checked on the device: a device-side vector holds each parameter's first non-finite step,
+updated with one ``torch.where`` (no value is read). At each hand-off it is reduced on the
+device to the first bad step and parameter, which travel to the host with the hand-off under
+reserved scalar names that `prepare` removes before the sinks see the batch.
+
+Losses: every step's ``train/loss`` already travels with the hand-offs; `prepare` scans it.
+
+on_nan="warn" (default): on the writer thread, the first finding is written to
+``meta["nonfinite"] = {"step", "parameter", "loss"}`` and warned about (`NonFiniteWarning`).
+on_nan="raise": at each hand-off the training thread reads the pair and the losses since the
+previous hand-off (one sync, at the flush boundary only) and raises `NonFiniteError`.
+on_nan="ignore": nothing is checked.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+import warnings
+from typing import Any
+
+import torch
+
+from .errors import NonFiniteError, NonFiniteWarning
+
+POLICIES = ("warn", "raise", "ignore")
+RESERVED = "\x00autolog/nonfinite/"  # scalar names that never reach a sink
+LOSS = "train/loss"
+_NEVER = 2**62  # "no bad step" while reducing
+
+
+class NonFiniteMonitor:
+    def __init__(self, run: Any) -> None:
+        self.run = run
+        self.policy = "warn"
+        self.names: list[str] = []  # parameter names; a device-side index points in here
+        self._offsets: dict[tuple[str, ...], int] = {}
+        # (device, parameter names) -> (offset of the names in self.names, first bad step per
+        # parameter, -1 while finite), on that device
+        self._groups: dict[tuple[torch.device, tuple[str, ...]], tuple[int, torch.Tensor]] = {}
+        self.unchecked_losses: list[tuple[int, torch.Tensor]] = []  # on_nan="raise" only
+        self._lock = threading.Lock()
+        self.loss_step: int | None = None
+        self.grad: tuple[int, str] | None = None
+        self.finding: dict[str, Any] | None = None
+        self.announced = False
+
+    @property
+    def active(self) -> bool:
+        return self.policy != "ignore"
+
+    # -- training thread, every step ---------------------------------------------------------
+    def check_gradients(self, names: tuple[str, ...], norms: torch.Tensor, step: int) -> None:
+        """Fold one step's gradient norms (1-D, one device) into the first-bad-step vector of
+        these parameters: four small kernels, no value read."""
+        key = (norms.device, names)
+        group = self._groups.get(key)
+        with torch.no_grad():
+            if group is None:
+                offset = self._offsets.get(names)
+                if offset is None:
+                    offset = self._offsets[names] = len(self.names)
+                    self.names.extend(names)
+                first = torch.full(norms.shape, -1, dtype=torch.int64, device=norms.device)
+            else:
+                offset, first = group
+            first = torch.where(torch.isfinite(norms) | (first >= 0), first, step)
+            self._groups[key] = (offset, first)
+
+    def add_loss(self, step: int, loss: torch.Tensor) -> None:
+        if self.policy == "raise":
+            self.unchecked_losses.append((step, loss))
+
+    # -- training thread, at a hand-off ------------------------------------------------------
+    def stage(self, buffer: Any, step: int) -> None:
+        """Send the device-side findings along with this hand-off: per device, the first bad
+        step and the index of the first parameter bad at that step (-1, -1: none), reduced on
+        the device."""
+        if not self.active or not self._groups:
+            return
+        wall = time.time()
+        for i, pair in enumerate(self._reduced().values()):
+            buffer.vector((f"{RESERVED}step/{i}", f"{RESERVED}param/{i}"), step, pair, wall)
+
+    def _reduced(self) -> dict[torch.device, torch.Tensor]:
+        """Per device: a tensor [first bad step, its parameter's index in self.names]."""
+        by_device: dict[torch.device, list[tuple[int, torch.Tensor]]] = {}
+        for (device, _names), group in self._groups.items():
+            by_device.setdefault(device, []).append(group)
+        out = {}
+        with torch.no_grad():
+            for device, groups in by_device.items():
+                steps, indices = [], []
+                for offset, first in groups:
+                    late = torch.where(first < 0, _NEVER, first)
+                    earliest = late.amin()
+                    steps.append(earliest)
+                    indices.append((late == earliest).to(torch.uint8).argmax() + offset)
+                steps_t, indices_t = torch.stack(steps), torch.stack(indices)
+                earliest = steps_t.amin()
+                which = (steps_t == earliest).to(torch.uint8).argmax().reshape(1)
+                index = torch.gather(indices_t, 0, which).reshape(())
+                found = earliest != _NEVER
+                out[device] = torch.stack([torch.where(found, earliest, -1), torch.where(found, index, -1)])
+        return out
+
+    def raise_if_bad(self) -> None:
+        """on_nan="raise": read the findings now (a sync, at the flush boundary) and raise."""
+        if self.policy != "raise" or self.announced:
+            return
+        losses, self.unchecked_losses = self.unchecked_losses, []
+        loss_step = None
+        by_device: dict[torch.device, list[tuple[int, torch.Tensor]]] = {}
+        for step, value in losses:
+            by_device.setdefault(value.device, []).append((step, value))
+        for items in by_device.values():
+            with torch.no_grad():
+                values = torch.stack([v.reshape(()).to(torch.float64) for _s, v in items])
+                flags = (~torch.isfinite(values)).tolist()  # the one allowed sync
+            for (step, _v), bad in zip(items, flags):
+                if bad:
+                    loss_step = step if loss_step is None else min(loss_step, step)
+                    break
+        grad = None
+        for pair in self._reduced().values():
+            s, p = pair.tolist()  # a sync, allowed at the flush boundary
+            if s >= 0 and (grad is None or s < grad[0]):
+                grad = (int(s), self.names[int(p)])
+        if self._update(loss_step, grad):
+            finding = self.finding
+            assert finding is not None
+            self.announced = True
+            raise NonFiniteError(_message(finding), finding["step"], finding["parameter"])
+
+    # -- writer thread -----------------------------------------------------------------------
+    def prepare(self, batch: Any) -> None:
+        """Remove the reserved scalars from `batch`, scan its losses, report a first finding."""
+        kept = []
+        pairs: dict[str, dict[str, float]] = {}
+        loss_step = None
+        for point in batch.scalars:
+            name = point[0]
+            if name.startswith(RESERVED):
+                kind, _, index = name[len(RESERVED):].partition("/")
+                pairs.setdefault(index, {})[kind] = point[2]
+                continue
+            if name == LOSS and not math.isfinite(point[2]) and self.active:
+                loss_step = point[1] if loss_step is None else min(loss_step, point[1])
+            kept.append(point)
+        if len(kept) != len(batch.scalars):
+            batch.scalars = kept
+        if not self.active:
+            return
+        grad = None
+        for pair in pairs.values():
+            s, p = int(pair.get("step", -1)), int(pair.get("param", -1))
+            if s >= 0 and 0 <= p < len(self.names) and (grad is None or s < grad[0]):
+                grad = (s, self.names[p])
+        if self._update(loss_step, grad) and not self.announced:
+            if self.policy == "warn" or self.run._finished:  # "raise" raises on the training thread
+                self.announced = True
+                warnings.warn(_message(self.finding), NonFiniteWarning, stacklevel=2)
+
+    # -- both --------------------------------------------------------------------------------
+    def _update(self, loss_step: int | None, grad: tuple[int, str] | None) -> bool:
+        """Merge findings; write ``meta["nonfinite"]`` once. True when there is a finding."""
+        with self._lock:
+            if loss_step is not None and (self.loss_step is None or loss_step < self.loss_step):
+                self.loss_step = loss_step
+            if grad is not None and (self.grad is None or grad[0] < self.grad[0]):
+                self.grad = grad
+            if self.finding is None and (self.loss_step is not None or self.grad is not None):
+                steps = [s for s in (self.loss_step, self.grad[0] if self.grad else None) if s is not None]
+                step = min(steps)
+                parameter = self.grad[1] if self.grad is not None and self.grad[0] == step else None
+                self.finding = {"step": step, "parameter": parameter, "loss": self.loss_step == step}
+                self.run.meta["nonfinite"] = dict(self.finding)
+            return self.finding is not None
+
+
+def _message(finding: dict[str, Any]) -> str:
+    where = []
+    if finding["parameter"] is not None:
+        where.append(f"the gradient of {finding['parameter']!r}")
+    if finding["loss"]:
+        where.append("the loss")
+    return (f"autolog: non-finite (NaN/Inf) value first at step {finding['step']}: "
+            f"{' and '.join(where)}. Recorded in the run's meta['nonfinite'].")

@@ -1,0 +1,241 @@
+"""Process-wide patches: ``Tensor.backward``, ``torch.autograd.backward``, ``GradScaler.scale``
+(wrapt), and torch's global optimizer step pre/post hooks.
+
+They are installed while at least one run captures (`acquire`/`release` count the runs) and
+removed exactly when the last one ends. Every wrapper first looks for an open capturing run and
+calls straight through when there is none, so code outside a run is never affected; a wrapper
+left behind because someone wrapped on top of it is such a pass-through too. The wrapped call
+itself never runs inside a guard: the host's exceptions propagate unchanged.
+"""
+from __future__ import annotations
+
+import contextvars
+import sys
+import threading
+import weakref
+from typing import Any, Callable
+
+import torch
+import wrapt
+
+from ..run import current
+
+# Set while a patched backward runs: `Tensor.backward` calls `torch.autograd.backward`, and a
+# backward called from inside a backward (a custom Function) is not a training loss.
+_inside: contextvars.ContextVar[bool] = contextvars.ContextVar("autolog_inside_backward", default=False)
+
+# GradScaler.scale(loss) -> scaled: id(scaled) -> (weakref to scaled, the unscaled loss, detached)
+_scaled: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
+
+
+def session() -> Any:
+    """The capture of the open run, or None (no run, a disabled run, capture off)."""
+    active = current()
+    if active is None:
+        return None
+    return active.__dict__.get("_capture")
+
+
+# -- wrappers ------------------------------------------------------------------------------------
+def _tensor_backward_gradient(gradient: Any = None, retain_graph: Any = None, create_graph: bool = False,
+                              inputs: Any = None) -> Any:
+    return gradient
+
+
+def _autograd_backward_args(tensors: Any, grad_tensors: Any = None, retain_graph: Any = None,
+                            create_graph: bool = False, grad_variables: Any = None,
+                            inputs: Any = None) -> tuple[Any, Any]:
+    return tensors, grad_tensors if grad_tensors is not None else grad_variables
+
+
+def _single(value: Any) -> Any:
+    """The one tensor of `value` (a tensor or a one-item sequence), else None."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (list, tuple)) and len(value) == 1 and isinstance(value[0], torch.Tensor):
+        return value[0]
+    return None
+
+
+def _call_observed(wrapped: Callable, args: tuple, kwargs: dict) -> tuple[Any, Any]:
+    """(the capture to tell, the result): calls through, marking the call as a backward."""
+    capture = session()
+    if capture is None or _inside.get():
+        return None, wrapped(*args, **kwargs)
+    token = _inside.set(True)
+    try:
+        result = wrapped(*args, **kwargs)
+    finally:
+        _inside.reset(token)
+    return capture, result
+
+
+def _tensor_backward(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
+    capture, result = _call_observed(wrapped, args, kwargs)
+    if capture is not None:
+        PATCHES.keep_hooks_eager()
+        capture.guard.call("loss", _observe_tensor_backward, capture, instance, args, kwargs)
+    return result
+
+
+def _observe_tensor_backward(capture: Any, tensor: Any, args: tuple, kwargs: dict) -> None:
+    if _tensor_backward_gradient(*args, **kwargs) is None:
+        capture.on_backward(unscaled(tensor))
+
+
+def _autograd_backward(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
+    capture, result = _call_observed(wrapped, args, kwargs)
+    if capture is not None:
+        PATCHES.keep_hooks_eager()
+        capture.guard.call("loss", _observe_autograd_backward, capture, args, kwargs)
+    return result
+
+
+def _observe_autograd_backward(capture: Any, args: tuple, kwargs: dict) -> None:
+    tensors, grads = _autograd_backward_args(*args, **kwargs)
+    tensor = _single(tensors)
+    if tensor is None:
+        return
+    if grads is not None and not (isinstance(grads, (list, tuple)) and all(g is None for g in grads)):
+        return
+    capture.on_backward(unscaled(tensor))
+
+
+def _scaler_scale(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
+    out = wrapped(*args, **kwargs)
+    if session() is not None:
+        try:
+            outputs = args[0] if args else kwargs.get("outputs")
+            if isinstance(out, torch.Tensor) and isinstance(outputs, torch.Tensor) and out is not outputs \
+                    and outputs.numel() == 1:
+                key = id(out)
+                _scaled[key] = (weakref.ref(out, lambda _ref, key=key: _scaled.pop(key, None)),
+                                outputs.detach())
+        except Exception:  # noqa: BLE001 -- the scaled loss is returned whatever happens here
+            pass
+    return out
+
+
+def unscaled(tensor: torch.Tensor) -> torch.Tensor:
+    """The loss `tensor` was scaled from by GradScaler.scale, else `tensor`."""
+    entry = _scaled.get(id(tensor))
+    if entry is not None and entry[0]() is tensor:
+        return entry[1]
+    return tensor
+
+
+def _pre_step(optimizer: Any, args: tuple, kwargs: dict) -> None:
+    if torch.compiler.is_compiling():
+        return
+    capture = session()
+    if capture is not None:
+        capture.on_pre_step(optimizer)
+
+
+def _post_step(optimizer: Any, args: tuple, kwargs: dict) -> None:
+    if torch.compiler.is_compiling():
+        return
+    capture = session()
+    if capture is not None:
+        capture.on_post_step(optimizer)  # may raise NonFiniteError at a hand-off (on_nan="raise")
+
+
+# -- installing ----------------------------------------------------------------------------------
+def _wrap(owner: Any, name: str, wrapper: Callable) -> Callable[[], None]:
+    """Wrap `owner.name`; returns the exact undo."""
+    original = vars(owner)[name]
+    wrapt.wrap_function_wrapper(owner, name, wrapper)
+    installed = vars(owner)[name]
+
+    def undo() -> None:
+        if vars(owner).get(name) is installed:
+            setattr(owner, name, original)
+        # else something wrapped on top of ours: ours stays, as a pass-through outside runs
+
+    return undo
+
+
+class Patches:
+    """The patches as one unit: `instrument` and `uninstrument` are idempotent."""
+
+    def __init__(self) -> None:
+        self._undo: list[Callable[[], None]] = []
+        self._hooks: list[Any] = []  # the optimizer hooks' handles
+        self._hooks_eager = False
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._undo)
+
+    def instrument(self) -> bool:
+        """Install everything; False (and nothing done) when already installed."""
+        if self._undo:
+            return False
+        from torch.amp.grad_scaler import GradScaler
+
+        self._undo = [_wrap(torch.Tensor, "backward", _tensor_backward),
+                      _wrap(torch.autograd, "backward", _autograd_backward),
+                      _wrap(GradScaler, "scale", _scaler_scale)]
+        self._register_hooks(eager="torch._dynamo" in sys.modules)
+        return True
+
+    def _register_hooks(self, eager: bool) -> None:
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+        pre, post = _pre_step, _post_step
+        if eager:  # run them eagerly inside a compiled `optimizer.step` (torch graph-breaks there anyway)
+            pre, post = torch.compiler.disable(pre), torch.compiler.disable(post)
+        self._hooks = [register_optimizer_step_pre_hook(pre), register_optimizer_step_post_hook(post)]
+        self._hooks_eager = eager
+
+    def keep_hooks_eager(self) -> None:
+        """Once torch.compile is in use (importing it is costly: we never do), register the optimizer
+        hooks again behind `torch.compiler.disable`, so that a compiled ``optimizer.step`` runs them
+        instead of tracing them away. Cheap when there is nothing to do."""
+        if self._hooks_eager or not self._undo or "torch._dynamo" not in sys.modules:
+            return
+        for handle in self._hooks:
+            handle.remove()
+        self._register_hooks(eager=True)
+
+    def uninstrument(self) -> bool:
+        """Remove everything; False when nothing was installed."""
+        if not self._undo:
+            return False
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+        undo, self._undo = self._undo, []
+        for fn in reversed(undo):
+            fn()
+        _scaled.clear()
+        return True
+
+
+PATCHES = Patches()
+_lock = threading.Lock()
+_users = 0
+
+
+def acquire() -> None:
+    """One more capturing run: install the patches if it is the first."""
+    global _users
+    with _lock:
+        _users += 1
+        if _users == 1:
+            PATCHES.instrument()
+
+
+def release() -> None:
+    """One capturing run fewer: remove the patches when it was the last."""
+    global _users
+    with _lock:
+        if _users == 0:
+            return
+        _users -= 1
+        if _users == 0:
+            PATCHES.uninstrument()
+
+
+def users() -> int:
+    return _users

@@ -1,0 +1,38 @@
+"""Never break the host: capture code runs through `Guard.call`, which catches, reports once,
+and turns the failed feature off for the rest of the run. The host's own exceptions (from the
+wrapped call) always propagate, because the wrapped call never runs inside a guard."""
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+
+class Guard:
+    """Per-run kill switches, one per feature name."""
+
+    def __init__(self, meta: dict[str, Any] | None = None) -> None:
+        self.off: set[str] = set()
+        self.meta = meta  # the run's meta: failures are recorded under "capture_errors"
+
+    def on(self, feature: str) -> bool:
+        return feature not in self.off
+
+    def call(self, feature: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)`, or None when the feature is off or `fn` raises (which turns it off)."""
+        if feature in self.off:
+            return None
+        try:
+            return fn(*args)
+        except Exception as exc:  # noqa: BLE001 -- instrumentation must never break training
+            self.fail(feature, exc)
+            return None
+
+    def fail(self, feature: str, exc: BaseException) -> None:
+        if feature in self.off:
+            return
+        self.off.add(feature)
+        detail = f"{type(exc).__name__}: {exc}"
+        if self.meta is not None:
+            self.meta.setdefault("capture_errors", {})[feature] = detail
+        print(f"autolog: automatic capture of {feature} failed and is off for this run; "
+              f"training goes on. {detail}", file=sys.stderr)

@@ -1,0 +1,315 @@
+"""`autolog.watch` / `autolog.unwatch`, and what a run keeps per watched model.
+
+Statistics of a watched model are taken at the optimizer steps that update its parameters:
+before the step (the weights, and a copy of them) and after it (the gradients the step used --
+after it, so that the backward of a closure passed to ``step(closure)``, as Lightning does, is
+included -- and the update ratio). They are recorded at the run's step when that optimizer
+stepped, on every `log_every`-th step; the NaN/Inf check of the gradients runs at every step.
+"""
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+import warnings
+import weakref
+from typing import Any
+
+import torch
+
+from ..run import Run, current
+from ..records import MediaRecord
+from . import stats
+from .nonfinite import POLICIES
+
+LOGS = ("gradients", "parameters", "all", None)
+
+# watch() called outside a run: attached to the next run that starts (then forgotten).
+_pending: list[tuple[weakref.ref, dict[str, Any]]] = []
+
+
+def watch(model: torch.nn.Module, log: str | None = "gradients", log_every: int | None = None,
+          histograms: bool = True, graph: bool = False, on_nan: str = "warn",
+          name: str | None = None) -> torch.nn.Module:
+    """Record gradient and weight statistics of `model` at its optimizer steps; returns `model`.
+
+    log: "gradients" (``grad_norm/<param>``, ``grad_norm/total``, histograms
+    ``gradients/<param>``), "parameters" (``weight_norm/<param>``, ``update_ratio/<param>`` =
+    ‖Δw‖/‖w‖ of the step, histograms ``parameters/<param>``), "all", or None (neither: only the
+    NaN/Inf alarm, throughput and graph).
+    log_every: take them every this many optimizer steps (default: the run's ``log_every``),
+    starting at step 0. histograms: also the 64-bin histograms. graph: send the model graph
+    (traced on a copy at the first forward call) to the sinks. on_nan: "warn" (default),
+    "raise" (`autolog.NonFiniteError` at the next hand-off) or "ignore", for non-finite
+    losses and gradients, run-wide (the last watch call sets it). name: prefix for the metric
+    names (``grad_norm/<name>/<param>``); by default the first watched model has none and
+    later ones use their class name.
+
+    Wrappers are accepted (``torch.compile``, DataParallel, DistributedDataParallel): names
+    are the wrapped module's. Watching a model again updates its options (no double hooks).
+    Called outside a run, the model is watched by the next run that starts.
+    """
+    options = _options(model, log, log_every, histograms, graph, on_nan, name)
+    active = current()
+    if active is None:
+        _pending[:] = [(ref, opts) for ref, opts in _pending if ref() is not None and ref() is not model]
+        _pending.append((weakref.ref(model), options))
+        return model
+    capture = active.__dict__.get("_capture")
+    if capture is None:
+        if isinstance(active, Run):
+            warnings.warn("autolog.watch: automatic capture is off in this run (capture=False): "
+                          "the model is not watched", stacklevel=2)
+        return model
+    capture.watch(model, options)
+    return model
+
+
+def unwatch(model: torch.nn.Module | None = None) -> None:
+    """Stop watching `model` (None: every watched model); its hooks are removed."""
+    _pending[:] = [(ref, opts) for ref, opts in _pending
+                   if model is not None and ref() is not None and ref() is not model]
+    active = current()
+    capture = active.__dict__.get("_capture") if active is not None else None
+    if capture is not None:
+        capture.unwatch(model)
+
+
+def take_pending() -> list[tuple[torch.nn.Module, dict[str, Any]]]:
+    """The models watched outside a run (still alive), forgotten here."""
+    items = [(ref(), opts) for ref, opts in _pending]
+    _pending.clear()
+    return [(model, opts) for model, opts in items if model is not None]
+
+
+def _options(model: Any, log: Any, log_every: Any, histograms: Any, graph: Any, on_nan: Any,
+             name: Any) -> dict[str, Any]:
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"autolog.watch: expected a torch.nn.Module, got {type(model).__name__}")
+    if log not in LOGS:
+        raise ValueError(f"autolog.watch: log: expected one of {LOGS}, got {log!r}")
+    if log_every is not None and (isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1):
+        raise ValueError(f"autolog.watch: log_every: expected a positive integer or None, got {log_every!r}")
+    if on_nan not in POLICIES:
+        raise ValueError(f"autolog.watch: on_nan: expected one of {POLICIES}, got {on_nan!r}")
+    if name is not None and (not isinstance(name, str) or not name.strip("/")):
+        raise ValueError(f"autolog.watch: name: expected a non-empty string, got {name!r}")
+    return {"log": log, "log_every": log_every, "histograms": bool(histograms), "graph": bool(graph),
+            "on_nan": on_nan, "name": name.strip("/") if name else None}
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The user's module inside DataParallel / DistributedDataParallel / torch.compile."""
+    while True:
+        if isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def batch_size(args: tuple, kwargs: dict) -> int:
+    """The first dimension of the first tensor of a forward call's inputs (0: none)."""
+    for value in itertools.chain(args, kwargs.values()):
+        if isinstance(value, (list, tuple)):
+            value = next((v for v in value if isinstance(v, torch.Tensor)), None)
+        elif isinstance(value, dict):
+            value = next((v for v in value.values() if isinstance(v, torch.Tensor)), None)
+        if isinstance(value, torch.Tensor):
+            return int(value.shape[0]) if value.dim() >= 1 else 0
+    return 0
+
+
+def _forward_pre_hook(watched_ref: weakref.ref):
+    def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if torch.compiler.is_compiling():
+            return None
+        watched = watched_ref()
+        if watched is not None:
+            watched.capture.guard.call("watch", watched.on_forward, args, kwargs)
+        return None
+
+    return hook
+
+
+class Watched:
+    """One watched model in one run."""
+
+    def __init__(self, capture: Any, model: torch.nn.Module, options: dict[str, Any], prefix: str) -> None:
+        self.capture = capture
+        inner = unwrap(model)
+        self.ref = weakref.ref(inner)
+        self.prefix = prefix
+        self.graph_name = prefix.rstrip("/") or "model"
+        self.samples = 0  # inputs seen by forward calls in grad mode since the last step
+        self.graph_pending = False
+        self.graph_done = False
+        self._graph_input: tuple[tuple, dict, int] | None = None
+        self.configure(options)
+        self._params: list[tuple[str, torch.nn.Parameter]] | None = None
+        self._subsets: dict[int, tuple[Any, list[tuple[str, torch.nn.Parameter]]]] = {}
+        self._names: dict[tuple, tuple[str, ...]] = {}
+        self.last_stats: dict[int, int] = {}  # optimizer index -> run step of the last statistics
+        self.total_optimizer: int | None = None  # whose total is "grad_norm/total"
+        self._updates: dict[int, list[tuple[tuple[str, ...], list, list, torch.Tensor, int]]] = {}
+        self._steps: dict[int, tuple[int, bool]] = {}  # optimizer index -> (run step, statistics?) of its step
+        self._module = weakref.ref(model)  # what the hook is registered on (maybe a wrapper)
+        self._eager_hook = False
+        self.handle = model.register_forward_pre_hook(_forward_pre_hook(weakref.ref(self)), with_kwargs=True)
+        self.keep_hook_eager()
+
+    def keep_hook_eager(self) -> None:
+        """Once torch.compile is in use (its import is costly, so we never trigger it), register
+        the hook again behind `torch.compiler.disable`: a compiled forward then runs it eagerly
+        (a graph break) instead of tracing it away."""
+        if self._eager_hook or "torch._dynamo" not in sys.modules:
+            return
+        module = self._module()
+        if module is None:
+            return
+        self.handle.remove()
+        hook = torch.compiler.disable(_forward_pre_hook(weakref.ref(self)))
+        self.handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+        self._eager_hook = True
+
+    def configure(self, options: dict[str, Any]) -> None:
+        self.options = options
+        self.log = options["log"]
+        self.histograms = options["histograms"]
+        if options["graph"] and not self.graph_done:
+            self.graph_pending = True
+
+    def remove(self) -> None:
+        self.handle.remove()
+        self.capture.guard.call("graph", self.flush_graph)
+        self._params = None
+        self._subsets.clear()
+        self._updates.clear()
+
+    @property
+    def every(self) -> int:
+        return self.options["log_every"] or self.capture.run.settings.log_every
+
+    # -- forward -------------------------------------------------------------------------------
+    def on_forward(self, args: tuple, kwargs: dict) -> None:
+        if torch.is_grad_enabled():
+            self.samples += batch_size(args, kwargs)
+        if self.graph_pending:
+            # Tracing reads values back (torch.jit's checks): it is done at the next hand-off.
+            self.graph_pending = False
+            self.graph_done = True
+            self._graph_input = (tuple(args), dict(kwargs), self.capture.run.step)
+
+    def flush_graph(self) -> None:
+        """Trace and record the graph from the input kept at the first forward (at a hand-off)."""
+        pending, self._graph_input = self._graph_input, None
+        model = self.ref()
+        if pending is None or model is None:
+            return
+        args, kwargs, step = pending
+        example: Any = args if args else kwargs
+        try:
+            from ..graph import model_graph
+        except ImportError:
+            data = {"text": str(model)}
+        else:
+            data = model_graph(model, example)
+        self.capture.run._buffer.add_media(MediaRecord(kind="graph", name=self.graph_name, step=step,
+                                                       wall_time=time.time(), data=data))
+
+    # -- optimizer steps -----------------------------------------------------------------------
+    def _subset(self, model: torch.nn.Module, opt: Any, ids: frozenset[int], refresh: bool
+                ) -> list[tuple[str, torch.nn.Parameter]]:
+        """The model's named parameters that optimizer `opt` updates (cached)."""
+        if refresh or self._params is None:
+            self._params = list(model.named_parameters())
+            self._subsets.clear()
+        cached = self._subsets.get(opt.index)
+        if cached is None or cached[0] is not ids:
+            cached = (ids, [(n, p) for n, p in self._params if id(p) in ids])
+            self._subsets[opt.index] = cached
+        return cached[1]
+
+    def _named(self, kind: str, names: list[str]) -> tuple[str, ...]:
+        key = (kind, tuple(names))
+        named = self._names.get(key)
+        if named is None:
+            named = self._names[key] = tuple(f"{kind}{self.prefix}{n}" for n in names)
+        return named
+
+    def pre_step(self, opt: Any, ids: frozenset[int], step: int) -> bool:
+        """Before a step of optimizer `opt` (an OptimizerState): the weights it will update
+        (norms, histograms, a copy for the update ratio). False when the model is gone."""
+        model = self.ref()
+        if model is None:
+            return False
+        self.keep_hook_eager()
+        stats_step = step % self.every == 0 and self.last_stats.get(opt.index) != step
+        self._steps[opt.index] = (step, stats_step)
+        if not stats_step:
+            return True
+        self.last_stats[opt.index] = step
+        subset = self._subset(model, opt, ids, refresh=True)
+        trainable = [(n, p.detach()) for n, p in subset if p.requires_grad]
+        if self.log not in ("parameters", "all") or not trainable:
+            return True
+        buffer = self.capture.run._buffer
+        wall = time.time()
+        updates = []
+        for _device, names, tensors in stats.by_device(trainable):
+            norms = stats.norms(tensors)
+            buffer.vector(self._named("weight_norm/", names), step, norms, wall)
+            updates.append((self._named("update_ratio/", names), tensors, stats.snapshot(tensors), norms, step))
+        self._updates[opt.index] = updates
+        if self.histograms:
+            for n, p in trainable:
+                self._histogram(buffer, f"parameters/{self.prefix}{n}", step, p, wall)
+        return True
+
+    def post_step(self, opt: Any, ids: frozenset[int]) -> None:
+        """After a step of `opt`: the gradients it used (norms, histograms, the NaN/Inf check;
+        read after the step so that a closure's backward is included) and the update ratios."""
+        step, stats_step = self._steps.pop(opt.index, (None, False))
+        model = self.ref()
+        if step is None or model is None:
+            return
+        buffer = self.capture.run._buffer
+        wall = time.time()
+        updates = self._updates.pop(opt.index, None)
+        for names, tensors, before, before_norms, at in updates or ():
+            buffer.vector(names, at, stats.update_ratios(before, before_norms, tensors), wall)
+        monitor = self.capture.monitor
+        want_grads = stats_step and self.log in ("gradients", "all")
+        if not (want_grads or monitor.active):
+            return
+        grads = [(n, p.grad) for n, p in self._subset(model, opt, ids, refresh=False)
+                 if p.requires_grad and p.grad is not None and p.grad.layout == torch.strided]
+        if not grads:
+            return
+        vectors = []
+        for _device, names, tensors in stats.by_device(grads):
+            norms = stats.norms(tensors)
+            vectors.append(norms)
+            if monitor.active:
+                monitor.check_gradients(self._named("", names), norms, step)
+            if want_grads:
+                buffer.vector(self._named("grad_norm/", names), step, norms, wall)
+        if not want_grads:
+            return
+        if self.total_optimizer is None:
+            self.total_optimizer = opt.index
+        total = stats.total_norm(vectors)
+        if total is not None:
+            suffix = "" if opt.index == self.total_optimizer else f"/{opt.index}"
+            buffer.scalar(f"grad_norm/{self.prefix}total{suffix}", step, total, wall)
+        if self.histograms:
+            for n, g in grads:
+                self._histogram(buffer, f"gradients/{self.prefix}{n}", step, g, wall)
+
+    @staticmethod
+    def _histogram(buffer: Any, name: str, step: int, tensor: torch.Tensor, wall: float) -> None:
+        if tensor.numel() == 0 or tensor.is_complex():
+            return
+        counts, low, high = stats.histogram(tensor)
+        buffer.histogram(name, step, counts, low, high, wall)
