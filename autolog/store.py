@@ -29,6 +29,7 @@ A run directory ``<dir>/<project>/<run id>/`` holds:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -67,17 +68,15 @@ def _finite_or_str(value: Any) -> Any:
     return value
 
 
-def write_json_atomic(path: str, data: dict[str, Any]) -> None:
-    """Replace `path` with `data` so that a reader sees the old or the new file, never half."""
-    text = json.dumps(data, default=json_default, indent=1, allow_nan=False,
-                      ensure_ascii=False) if _is_finite_tree(data) else \
-        json.dumps(_sanitize(data), default=json_default, indent=1, ensure_ascii=False)
-    folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".run-", suffix=".tmp", dir=folder)
+@contextlib.contextmanager
+def atomic_file(path: str, prefix: str = ".tmp-", **open_kwargs: Any) -> Iterator[Any]:
+    """Write a file that replaces `path` in one step: a temporary file in the same directory,
+    fsynced, then renamed over `path`; on any error `path` is left as it was."""
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=os.path.dirname(path) or ".")
     try:
         os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with open(fd, "w", **open_kwargs) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -87,6 +86,15 @@ def write_json_atomic(path: str, data: dict[str, Any]) -> None:
         except OSError:
             pass
         raise
+
+
+def write_json_atomic(path: str, data: dict[str, Any]) -> None:
+    """Replace `path` with `data` so that a reader sees the old or the new file, never half."""
+    text = json.dumps(data, default=json_default, indent=1, allow_nan=False,
+                      ensure_ascii=False) if _is_finite_tree(data) else \
+        json.dumps(_sanitize(data), default=json_default, indent=1, ensure_ascii=False)
+    with atomic_file(path, prefix=".run-", encoding="utf-8") as fh:
+        fh.write(text)
 
 
 def _is_finite_tree(value: Any) -> bool:

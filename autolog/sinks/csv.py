@@ -10,9 +10,9 @@ from __future__ import annotations
 import csv
 import io
 import os
-import tempfile
 from typing import Any
 
+from .. import store
 from ..records import Batch, RunInfo, RunResult, ScalarPoint
 from .base import Sink
 
@@ -131,30 +131,18 @@ class CSVSink(Sink):
         Data rows hold only numbers and empty cells, so old rows are padded line by line.
         """
         assert self.path is not None
-        directory = os.path.dirname(self.path) or "."
         if self._file is not None:
             self._file.close()
             self._file = None
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".metrics-", suffix=".csv.tmp")
-        try:
-            with open(fd, "w", encoding="utf-8", newline="") as out:
-                out.write(self._header())
-                if old_width is not None and os.path.exists(self.path):
-                    pad = "," * (len(self.columns) - old_width)
-                    with open(self.path, encoding="utf-8", newline="") as old:
-                        _skip_header(old)
-                        for line in old:
-                            out.write(line.rstrip("\n") + pad + "\n")
-                out.write(self._format(rows))
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        with store.atomic_file(self.path, prefix=".metrics-", encoding="utf-8", newline="") as out:
+            out.write(self._header())
+            if old_width is not None and os.path.exists(self.path):
+                pad = "," * (len(self.columns) - old_width)
+                with open(self.path, encoding="utf-8", newline="") as old:
+                    _skip_header(old)
+                    for line in old:
+                        out.write(line.rstrip("\n") + pad + "\n")
+            out.write(self._format(rows))
         self._file = open(self.path, "a", encoding="utf-8", newline="")
 
 
