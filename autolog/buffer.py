@@ -151,8 +151,25 @@ class Staged:
                 return (dev, start, value.numel())
             return None
 
-        tensor = torch.Tensor  # numbers (most scalars) skip the call
-        self.scalar_slots = [slot(v) if isinstance(v, tensor) else None for _n, _s, v, _w in scalars]
+        # Scalars, most of a batch, inline (the same as `slot`, without a call per point).
+        tensor = torch.Tensor
+        scalar_slots: list[Any] = []
+        add = scalar_slots.append
+        for point in scalars:
+            value = point[2]
+            if isinstance(value, tensor):
+                dev = value.device
+                group = groups.get(dev)
+                if group is None:
+                    group = groups[dev] = []
+                group.append(value)
+                start = sizes.get(dev, 0)
+                n = value.numel()
+                sizes[dev] = start + n
+                add((dev, start, n))
+            else:
+                add(None)
+        self.scalar_slots = scalar_slots
         self.vector_slots = [slot(v) for _n, _s, v, _w in vectors]
         self.hist_slots = [(slot(c), slot(lo), slot(hi)) for _n, _s, c, lo, hi, _w in hists]
         self.copies = {dev: _HostCopy(ts) for dev, ts in groups.items()}
@@ -167,10 +184,12 @@ class Staged:
             dev, start, n = slot_
             return host[dev][start:start + n]
 
-        points = []
+        points: list = []
+        append = points.append
         for (name, step, value, wall), sl in zip(self.scalars, self.scalar_slots):
-            v = get(sl, value)
-            points.append((name, int(step), float(v[0] if sl is not None else v), float(wall)))
+            if sl is not None:
+                value = host[sl[0]][sl[1]]  # a scalar's first (only) element
+            append((name, int(step), float(value), float(wall)))
         for (names, step, value, wall), sl in zip(self.vectors, self.vector_slots):
             vals = get(sl, value)
             points.extend((n, int(step), float(x), float(wall)) for n, x in zip(names, vals))
