@@ -18,9 +18,9 @@ def _originals():
 
 def test_installed_only_while_a_run_is_open(tmp_path):
     before = _originals()
-    assert not isinstance(before[0], wrapt.FunctionWrapper)
+    assert not isinstance(before[1], wrapt.FunctionWrapper)
     with open_run(tmp_path):
-        assert isinstance(torch.Tensor.__dict__["backward"], wrapt.FunctionWrapper)
+        assert torch.Tensor.__dict__["backward"] is before[0]  # it calls torch.autograd.backward
         assert isinstance(vars(torch.autograd)["backward"], wrapt.FunctionWrapper)
         assert isinstance(GradScaler.__dict__["scale"], wrapt.FunctionWrapper)
         assert len(optim_mod._global_optimizer_post_hooks) == before[4] + 1
@@ -67,20 +67,20 @@ def test_refcount_over_runs():
 
 def test_wrapped_on_top_by_someone_else(tmp_path):
     """A third party wrapping over ours: ours stays, as a pass-through outside runs."""
-    before = torch.Tensor.__dict__["backward"]
+    before = vars(torch.autograd)["backward"]
     seen = []
     with open_run(tmp_path):
-        wrapt.wrap_function_wrapper(torch.Tensor, "backward",
+        wrapt.wrap_function_wrapper(torch.autograd, "backward",
                                     lambda wrapped, inst, args, kwargs: seen.append(1) or wrapped(*args, **kwargs))
-        theirs = torch.Tensor.__dict__["backward"]
+        theirs = vars(torch.autograd)["backward"]
     try:
-        assert torch.Tensor.__dict__["backward"] is theirs
+        assert vars(torch.autograd)["backward"] is theirs
         model = tiny()
         x, y = batches(1)[0]
         F.mse_loss(model(x), y).backward()  # no run: nothing captured, nothing broken
         assert seen == [1] and model[0].weight.grad is not None
     finally:
-        torch.Tensor.backward = before
+        torch.autograd.backward = before
 
 
 def test_a_failing_capture_never_breaks_training(tmp_path, monkeypatch, capsys):

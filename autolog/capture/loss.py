@@ -27,15 +27,16 @@ class LossTracker:
         """Add the loss of a backward at `step`; returns the previous step's mean when `step`
         moved on without `take` (a run without optimizer whose step advanced another way)."""
         done = self.take() if self.step is not None and step != self.step else None
-        value = loss.detach().reshape(())
-        with torch.no_grad():
-            if self.sum is None:
-                self.sum, self.count, self.step = value, 1, step
-            else:
-                if self.count == 1 and self.sum.dtype in _LOW_PRECISION:
-                    self.sum = self.sum.float()
-                self.sum = self.sum + value
-                self.count += 1
+        value = loss.detach()  # detached: the sums below record no graph, no no_grad needed
+        if value.dim():
+            value = value.reshape(())
+        if self.sum is None:
+            self.sum, self.count, self.step = value, 1, step
+        else:
+            if self.count == 1 and self.sum.dtype in _LOW_PRECISION:
+                self.sum = self.sum.float()
+            self.sum = self.sum + value
+            self.count += 1
         return done
 
     def take(self) -> tuple[int, torch.Tensor] | None:
@@ -44,7 +45,4 @@ class LossTracker:
             return None
         step, total, count = self.step, self.sum, self.count
         self.step, self.sum, self.count = None, None, 0
-        if count == 1:
-            return step, total
-        with torch.no_grad():
-            return step, total / count
+        return (step, total) if count == 1 else (step, total / count)

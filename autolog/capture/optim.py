@@ -45,6 +45,7 @@ class OptimizerState:
         self._ids: frozenset[int] = frozenset()
         self.device: torch.device | None = None
         self.param_groups = len(optimizer.param_groups)
+        self._layout: list[tuple[tuple[str, ...], list[tuple[str, str, int | None]]]] | None = None
 
     def param_ids(self, optimizer: torch.optim.Optimizer) -> frozenset[int]:
         """ids of the optimizer's parameters, recomputed when its groups change shape."""
@@ -60,20 +61,27 @@ class OptimizerState:
 
     def hparams(self, optimizer: torch.optim.Optimizer) -> list[tuple[str, Any]]:
         """(name, value) of every recorded hyperparameter of every param group."""
+        groups = optimizer.param_groups
+        layout = self._layout
+        if layout is None or len(layout) != len(groups) or any(
+                keys != tuple(g) for (keys, _names), g in zip(layout, groups)):
+            layout = self._layout = [(tuple(g), self._names(i, g)) for i, g in enumerate(groups)]
         out: list[tuple[str, Any]] = []
-        for g, group in enumerate(optimizer.param_groups):
-            for key in KEYS:
-                if key in group:
-                    value = _value(group[key])
-                    if value is not None:
-                        out.append((hparam_name(self.index, g, key), value))
-            betas = group.get("betas")
-            if isinstance(betas, (tuple, list)) and len(betas) == 2:
-                for key, beta in zip(("beta1", "beta2"), betas):
-                    value = _value(beta)
-                    if value is not None:
-                        out.append((hparam_name(self.index, g, key), value))
+        for group, (_keys, names) in zip(groups, layout):
+            for name, key, item in names:
+                raw = group[key] if item is None else group[key][item]
+                value = float(raw) if type(raw) is float else _value(raw)
+                if value is not None:
+                    out.append((name, value))
         return out
+
+    def _names(self, g: int, group: dict[str, Any]) -> list[tuple[str, str, int | None]]:
+        """(metric name, group key, index into a betas pair or None) for one param group."""
+        names = [(hparam_name(self.index, g, key), key, None) for key in KEYS if key in group]
+        betas = group.get("betas")
+        if isinstance(betas, (tuple, list)) and len(betas) == 2:
+            names += [(hparam_name(self.index, g, key), "betas", i) for i, key in enumerate(("beta1", "beta2"))]
+        return names
 
     def describe(self) -> dict[str, Any]:
         return {"index": self.index, "type": self.type, "steps": self.steps, "param_groups": self.param_groups}

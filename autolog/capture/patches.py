@@ -1,4 +1,4 @@
-"""Process-wide patches: ``Tensor.backward``, ``torch.autograd.backward``, ``GradScaler.scale``
+"""Process-wide patches: ``torch.autograd.backward`` (which ``Tensor.backward`` calls), ``GradScaler.scale``
 (wrapt), and torch's global optimizer step pre/post hooks.
 
 They are installed while at least one run captures (`acquire`/`release` count the runs) and
@@ -37,11 +37,6 @@ def session() -> Any:
 
 
 # -- wrappers ------------------------------------------------------------------------------------
-def _tensor_backward_gradient(gradient: Any = None, retain_graph: Any = None, create_graph: bool = False,
-                              inputs: Any = None) -> Any:
-    return gradient
-
-
 def _autograd_backward_args(tensors: Any, grad_tensors: Any = None, retain_graph: Any = None,
                             create_graph: bool = False, grad_variables: Any = None,
                             inputs: Any = None) -> tuple[Any, Any]:
@@ -68,19 +63,6 @@ def _call_observed(wrapped: Callable, args: tuple, kwargs: dict) -> tuple[Any, A
     finally:
         _inside.reset(token)
     return capture, result
-
-
-def _tensor_backward(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
-    capture, result = _call_observed(wrapped, args, kwargs)
-    if capture is not None:
-        PATCHES.keep_hooks_eager()
-        capture.guard.call("loss", _observe_tensor_backward, capture, instance, args, kwargs)
-    return result
-
-
-def _observe_tensor_backward(capture: Any, tensor: Any, args: tuple, kwargs: dict) -> None:
-    if _tensor_backward_gradient(*args, **kwargs) is None:
-        capture.on_backward(unscaled(tensor))
 
 
 def _autograd_backward(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -173,8 +155,9 @@ class Patches:
             return False
         from torch.amp.grad_scaler import GradScaler
 
-        self._undo = [_wrap(torch.Tensor, "backward", _tensor_backward),
-                      _wrap(torch.autograd, "backward", _autograd_backward),
+        # `Tensor.backward` calls `torch.autograd.backward` (looked up at call time), so one
+        # wrapper sees both spellings, and a backward costs one wrapper, not two.
+        self._undo = [_wrap(torch.autograd, "backward", _autograd_backward),
                       _wrap(GradScaler, "scale", _scaler_scale)]
         self._register_hooks(eager="torch._dynamo" in sys.modules)
         return True

@@ -80,18 +80,18 @@ class Capture:
         if done is not None:
             self._record_loss(*done)
 
-    def _record_loss(self, step: int, value: torch.Tensor) -> None:
+    def _record_loss(self, step: int, value: torch.Tensor, wall: float | None = None) -> None:
         run = self.run
         if self.synced:  # the mean over ranks, at the run's next reduction point
             run.log_synced(LOSS, step, value, "mean")
         else:
-            run._buffer.scalar(LOSS, step, value, time.time())
+            run._buffer.scalar(LOSS, step, value, time.time() if wall is None else wall)
         self.monitor.add_loss(step, value)
 
-    def _flush_loss(self) -> None:
+    def _flush_loss(self, wall: float | None = None) -> None:
         done = self.loss.take()
         if done is not None:
-            self._record_loss(*done)
+            self._record_loss(*done, wall)
 
     # -- optimizers ----------------------------------------------------------------------------
     def _optimizer(self, optimizer: Any) -> OptimizerState:
@@ -127,18 +127,19 @@ class Capture:
         state = self._optimizer(optimizer)
         run = self.run
         step = run.step
+        wall = time.time()  # one wall time for the step's points: one TensorBoard event per step
         if "optimizer" in self.names and state.hparam_step != step:
             state.hparam_step = step
-            self.guard.call("optimizer", self._record_hparams, state, optimizer, step)
+            self.guard.call("optimizer", self._record_hparams, state, optimizer, step, wall)
         if self.watched and not self.follower:
             self.guard.call("watch", self._watch_post, state, optimizer)
         state.steps += 1
         if state is not self.primary:
             return
         if "loss" in self.names:
-            self.guard.call("loss", self._flush_loss)
+            self.guard.call("loss", self._flush_loss, wall)
         if "timing" in self.names:
-            self.guard.call("timing", self._tick, state, step)
+            self.guard.call("timing", self._tick, state, step, wall)
         for watched in self.watched.values():
             watched.samples = 0
         handoffs = run.flush_count
@@ -151,24 +152,24 @@ class Capture:
             except Exception as exc:  # noqa: BLE001
                 self.guard.fail("nonfinite", exc)
 
-    def _record_hparams(self, state: OptimizerState, optimizer: Any, step: int) -> None:
+    def _record_hparams(self, state: OptimizerState, optimizer: Any, step: int, wall: float) -> None:
         items = state.hparams(optimizer)
         if items:
-            self.run._buffer.scalars_from(items, step, time.time())
+            self.run._buffer.scalars_from(items, step, wall)
 
     def _watch_post(self, state: OptimizerState, optimizer: Any) -> None:
         ids = state.param_ids(optimizer)
         for watched in self.watched.values():
             watched.post_step(state, ids)
 
-    def _tick(self, state: OptimizerState, step: int) -> None:
+    def _tick(self, state: OptimizerState, step: int, wall: float) -> None:
         first = next(iter(self.watched.values()), None)
         samples = first.samples if first is not None else 0
         if state.device is None:
             optimizer = state.ref()
             if optimizer is not None:
                 state.param_ids(optimizer)
-        self.timer.tick(self.run._buffer, step, samples, state.device)
+        self.timer.tick(self.run._buffer, step, samples, state.device, wall)
 
     # -- watch ---------------------------------------------------------------------------------
     def watch(self, model: torch.nn.Module, options: dict[str, Any]) -> None:

@@ -26,9 +26,10 @@ class StepTimer:
         self._last_event: Any = None
         self._pending: list[tuple[int, Any, Any, int, float]] = []
 
-    def tick(self, buffer: Any, step: int, samples: int, device: torch.device | None) -> None:
+    def tick(self, buffer: Any, step: int, samples: int, device: torch.device | None,
+             wall: float | None = None) -> None:
         """Step `step` just completed, with `samples` samples (0: unknown)."""
-        wall = time.time()
+        wall = time.time() if wall is None else wall
         if device is not None and device.type == "cuda":
             event = torch.cuda.Event(enable_timing=True)
             event.record(torch.cuda.current_stream(device))
