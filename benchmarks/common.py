@@ -57,3 +57,13 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str | Non
              "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def finish(results: dict[str, Any], json_path: str | None) -> dict[str, Any]:
+    """Write `results` to `json_path` (when given) and return them: every benchmark's last step."""
+    if json_path:
+        import json
+
+        with open(json_path, "w") as fh:
+            json.dump(results, fh, indent=1)
+    return results

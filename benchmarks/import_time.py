@@ -12,7 +12,6 @@ it imports that torch had not (none expected).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from typing import Any
 if not __package__:  # run as a script: make `benchmarks` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import describe, machine, median, table
+from benchmarks.common import describe, finish, machine, median, table
 
 TARGET_S = 0.2
 BACKENDS = ("wandb", "tensorboard", "torch.utils.tensorboard", "lightning", "pytorch_lightning",
@@ -100,10 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"\nTarget < {TARGET_S * 1000:.0f} ms beyond torch: {'met' if results['met'] else 'MISSED'}. "
           f"{len(per_module)} modules imported beyond torch's. Optional backends imported by "
           f"`import autolog` (beyond torch's own): {', '.join(backends) if backends else 'none'}.")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=1)
-    return results
+    return finish(results, args.json)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ import argparse
 import contextlib
 import dataclasses
 import gc
-import json
 import logging
 import os
 import random
@@ -51,7 +50,7 @@ if not __package__:  # run as a script: make `benchmarks` importable
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import describe, machine, median, table
+from benchmarks.common import describe, finish, machine, median, table
 
 LOG_EVERY = 100  # autolog's log_every, TensorBoard's histogram period, wandb.watch's log_freq
 
@@ -703,10 +702,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for t in results["targets"]:
         print(f"- {'met' if t['met'] else 'MISSED'}: {t['target']}: {t['measured']}")
     print(f"\n({results['seconds']} s)")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=1)
-    return results
+    return finish(results, args.json)
 
 
 if __name__ == "__main__":

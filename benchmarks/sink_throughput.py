@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from typing import Any, Callable
 if not __package__:  # run as a script: make `benchmarks` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import describe, machine, median, table
+from benchmarks.common import describe, finish, machine, median, table
 
 BATCH_STEPS = 50
 
@@ -219,10 +218,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = {"machine": info, "keys": args.keys, "batch_steps": BATCH_STEPS, "rows": rows,
                "seconds": round(time.time() - started, 1)}
     print(f"\n({results['seconds']} s)")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=1)
-    return results
+    return finish(results, args.json)
 
 
 if __name__ == "__main__":
