@@ -163,6 +163,7 @@ class Run:
         with _state_lock:
             _active.append(self)
         _signals.install()
+        _excepthook.install()
         try:
             from .capture import instrument
 
@@ -211,6 +212,7 @@ class Run:
         if self.is_follower:
             self._buffer.stage(self._step)  # drop: followers write nothing
             _signals.uninstall()
+            _excepthook.uninstall()
             return
         self._handoff(force=True)
         ok = self.pipeline.close(self._result, self.settings.close_timeout)
@@ -224,6 +226,7 @@ class Run:
         self._write_record()
         os.close(self._lock_fd)
         _signals.uninstall()
+        _excepthook.uninstall()
 
     def _finish_distributed(self, status: str, failure: dict[str, Any] | None) -> str:
         """The end of a run in a multi-rank job: the last reduction point when every rank ends
@@ -607,22 +610,40 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _excepthook_finish(exc_type, exc, tb) -> None:
-    for run in list(reversed(_active)):
-        finish_for_exception(run, exc)
+class _ExceptHook:
+    """While a run is open, an uncaught exception (outside `track`/`with`, which handle their own)
+    finishes the open runs as failed before the previous hook prints it. Installed when the
+    first run opens, removed when the last one ends, so `import autolog` changes nothing."""
+
+    def __init__(self) -> None:
+        self.previous: Any = None
+        self.inside = False
+
+    def install(self) -> None:
+        if self.previous is None:
+            self.previous = sys.excepthook
+            sys.excepthook = self.hook
+
+    def uninstall(self) -> None:
+        if self.previous is not None and not _active:
+            if sys.excepthook == self.hook:  # else someone wrapped ours: it stays, a pass-through
+                sys.excepthook = self.previous
+            self.previous = None
+
+    def hook(self, exc_type, exc, tb) -> None:
+        previous = self.previous or sys.__excepthook__
+        if self.inside:  # a hook that wrapped an earlier one of ours calls us back: end the loop
+            return sys.__excepthook__(exc_type, exc, tb)
+        self.inside = True
+        try:
+            for run in list(reversed(_active)):
+                finish_for_exception(run, exc)
+            previous(exc_type, exc, tb)
+        finally:
+            self.inside = False
 
 
-_previous_excepthook = sys.excepthook
-
-
-def _excepthook(exc_type, exc, tb) -> None:
-    try:
-        _excepthook_finish(exc_type, exc, tb)
-    finally:
-        _previous_excepthook(exc_type, exc, tb)
-
-
-sys.excepthook = _excepthook
+_excepthook = _ExceptHook()
 
 
 def _at_exit() -> None:

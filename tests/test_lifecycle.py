@@ -149,3 +149,33 @@ def test_readable_while_running(tmp_path):
         assert live.status == "running"
         assert len(live.metrics["a"]) == 10
     assert autolog.read_run(run.path).status == "finished"
+
+
+def test_uncaught_exception_outside_track_fails_the_open_run_and_prints_once(tmp_path):
+    proc = child("""
+        import sys
+        before = sys.excepthook
+        import autolog
+        assert sys.excepthook is before  # importing autolog changes nothing
+        run = autolog.run(project="top", sinks=["local"])
+        autolog.log("a", 1.0)
+        raise ValueError("boom at top level")
+    """, str(tmp_path))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert err.count("ValueError: boom at top level") == 1
+    [run] = autolog.list_runs(project="top")
+    assert run.status == "failed" and run.meta["exception_message"] == "boom at top level"
+    assert run.metrics["a"] == [(0, 1.0)]
+
+
+def test_a_run_left_open_finishes_at_exit(tmp_path):
+    proc = child("""
+        import autolog
+        run = autolog.run(project="open", sinks=["local"])
+        autolog.log("a", 2.0)
+    """, str(tmp_path))
+    proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    [run] = autolog.list_runs(project="open")
+    assert run.status == "finished" and run.metrics["a"] == [(0, 2.0)]
