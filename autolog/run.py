@@ -146,13 +146,13 @@ class Run:
             self._lock_fd = None
             self.pipeline = _NullPipeline()
         else:
+            sinks = resolve_sinks(s.sinks)  # bad sink names fail before anything is written
             parent = os.path.join(s.dir, self.project)
             self.id, self.path = new_run_id(parent)
             self.name = s.name or self.id
             self._lock_fd = os.open(os.path.join(self.path, store.LOCK_FILE), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o644)
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self._write_record()
-            sinks = resolve_sinks(s.sinks)
             info = RunInfo(id=self.id, name=self.name, project=self.project, path=self.path,
                            config=dict(self.config), meta=dict(self.meta), tags=self.tags,
                            mode=None if s.mode == "online" else s.mode)

@@ -169,7 +169,8 @@ def test_disabled_mode_writes_nothing_and_is_transparent(tmp_path, monkeypatch):
 ])
 def test_bad_options_name_the_argument(kwargs, needle, tmp_path):
     with pytest.raises((ValueError, TypeError), match=needle):
-        autolog.run(dir=str(tmp_path), **kwargs).finish()
+        autolog.run(dir=str(tmp_path / "runs"), **kwargs).finish()
+    assert not (tmp_path / "runs").exists()  # nothing was written for a run that never started
 
 
 def test_names_never_escape_the_runs_directory(tmp_path):
