@@ -30,6 +30,8 @@ DEFAULT_KEYS = ("train/loss",)
 MINIMIZE = ("loss", "err")
 #: per-parameter families listed last in the summary (after everything else)
 PER_PARAMETER = ("grad_norm/", "weight_norm/", "update_ratio/", "gradients/", "parameters/")
+#: diagnostics with no "better" direction: the summary shows their last value only
+NO_BEST = PER_PARAMETER + ("optim/", "perf/")
 
 
 def batch_prog_bar(batch: Batch) -> tuple[str, ...]:
@@ -99,7 +101,7 @@ def summary_block(run: RunInfo | None, result: RunResult, stats: dict[str, _Stat
                   key=lambda k: (k.startswith(PER_PARAMETER) and k != "grad_norm/total", k))
     for key in first + rest:
         stat = stats[key]
-        best = f"{format_value(stat.best, 6)} ({'min' if stat.minimize else 'max'})"
+        best = "" if key.startswith(NO_BEST) else f"{format_value(stat.best, 6)} ({'min' if stat.minimize else 'max'})"
         rows.append((key, format_value(stat.last, 6), best))
     for key, value in result.summary.items():  # e.g. the function's return values
         if key not in stats:
