@@ -1,11 +1,14 @@
-"""The `autolog` command: demo, list, show."""
+"""The `autolog` command: demo, list, show, compare, plot, replay."""
 from __future__ import annotations
 
 import argparse
+import difflib
+import fnmatch
 import json
+import math
 import os
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from .reader import RunData, list_runs, read_run
 
@@ -21,6 +24,49 @@ def _find(ref: str, dir: str | None) -> RunData:
 
 def _fmt(value: object) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _select(available: Sequence[str], patterns: Sequence[str], command: str) -> list[str]:
+    """Metric names for `patterns` (exact names or globs such as ``val/*``), in order."""
+    chosen: list[str] = []
+    for pattern in patterns:
+        if any(c in pattern for c in "*?["):
+            found = sorted(fnmatch.filter(available, pattern))
+        else:
+            found = [pattern] if pattern in available else []
+        if not found:
+            close = difflib.get_close_matches(pattern, available, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise SystemExit(f"autolog {command}: no metric {pattern!r} in these runs{hint}")
+        chosen += [name for name in found if name not in chosen]
+    return chosen
+
+
+MAX_COMPARED = 30  # summary rows `compare` shows without --metric
+_MISSING = object()
+
+
+def _same(values: list[Any]) -> bool:
+    def key(v: Any) -> Any:  # NaN equals NaN here; 1 and 1.0 are equal, True and 1 are not
+        return ("nan",) if isinstance(v, float) and math.isnan(v) else (type(v) is bool, v)
+
+    try:
+        return all(key(v) == key(values[0]) for v in values)
+    except Exception:  # noqa: BLE001 -- values that cannot be compared differ
+        return False
+
+
+def _best(metric: str, values: list[Any]) -> int | None:
+    """Index of the best run for `metric` (None: no direction, fewer than two numbers, a tie)."""
+    from .sinks.console import NO_BEST, lower_is_better
+
+    nums = [(v, i) for i, v in enumerate(values) if isinstance(v, (int, float))
+            and not isinstance(v, bool) and math.isfinite(v)]
+    if metric.startswith(NO_BEST) or len(nums) < 2:
+        return None
+    best = min(nums)[0] if lower_is_better(metric) else max(nums)[0]
+    winners = [i for v, i in nums if v == best]
+    return winners[0] if len(winners) == 1 else None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -68,6 +114,105 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    if len(args.runs) < 2:
+        raise SystemExit("autolog compare: give at least two runs")
+    from .plot import run_labels
+    from .sinks.console import PER_PARAMETER, format_duration
+
+    runs = [_find(ref, args.dir) for ref in args.runs]
+    keys = sorted(set().union(*(r.config for r in runs)))
+    config = {k: [r.config.get(k, _MISSING) for r in runs] for k in keys}
+    differ = {k: v for k, v in config.items() if not _same(v)}
+    available = sorted(set().union(*(r.summary for r in runs)),
+                       key=lambda k: (k.startswith(PER_PARAMETER) and k != "grad_norm/total", k))
+    if args.metric:
+        metrics = _select(available, args.metric, "compare")
+    else:
+        metrics = available[:MAX_COMPARED]
+    summary = {m: [r.summary.get(m, _MISSING) for r in runs] for m in metrics}
+    best = {m: _best(m, v) for m, v in summary.items()}
+    if args.json:
+        def plain(values: list[Any]) -> list[Any]:
+            return [None if v is _MISSING else v for v in values]
+
+        json.dump({"runs": [{"id": r.id, "name": r.name, "path": r.path, "status": r.status,
+                             "duration": r.meta.get("duration")} for r in runs],
+                   "config": {k: plain(v) for k, v in differ.items()},
+                   "config_equal": {k: v[0] for k, v in config.items() if k not in differ},
+                   "summary": {m: plain(v) for m, v in summary.items()},
+                   "best": {m: runs[i].id for m, i in best.items() if i is not None}},
+                  sys.stdout, indent=1, default=str)
+        print()
+        return 0
+
+    def cell(value: Any, star: bool = False) -> str:
+        text = "-" if value is _MISSING else _fmt(value)
+        text = text if len(text) <= 28 else text[:27] + "~"
+        return text + (" *" if star else "")
+
+    rows: list[tuple[str, list[str]]] = []
+    if any(r.name != r.id for r in runs):
+        rows.append(("id", [r.id for r in runs]))
+    rows.append(("status", [r.status for r in runs]))
+    rows.append(("duration", [format_duration(r.meta.get("duration")) for r in runs]))
+    rows.append((f"config: {len(differ)} of {len(config)} keys differ", []))
+    rows += [(f"  {k}", [cell(v) for v in values]) for k, values in differ.items()]
+    if len(config) > len(differ):
+        rows.append((f"  ({len(config) - len(differ)} equal keys not shown)", []))
+    rows.append(("summary  (* best)", []))
+    rows += [(f"  {m}", [cell(v, i == best[m]) for i, v in enumerate(values)])
+             for m, values in summary.items()]
+    if len(available) > len(metrics) and not args.metric:
+        rows.append((f"  ({len(available) - len(metrics)} more not shown; pick with --metric)", []))
+    header = run_labels(runs)
+    labels = [label for label, cells in rows if cells]
+    lw = min(40, max(len(label) for label in labels))
+    widths = [max(len(h), *(len(cells[i]) for _, cells in rows if cells))
+              for i, h in enumerate(header)]
+    print(f"{'':{lw}}  " + "  ".join(f"{h:{w}}" for h, w in zip(header, widths)).rstrip())
+    for label, cells in rows:
+        if not cells:
+            print(label)
+            continue
+        label = label if len(label) <= lw else label[:lw - 1] + "~"
+        print(f"{label:{lw}}  " + "  ".join(f"{c:{w}}" for c, w in zip(cells, widths)).rstrip())
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plot import default_filename, plot_runs
+
+    runs = [_find(ref, args.dir) for ref in args.runs]
+    available = sorted(set().union(*(r.metrics for r in runs)))
+    if not args.metric:
+        shown = ", ".join(available[:20]) + (" ..." if len(available) > 20 else "")
+        raise SystemExit(f"autolog plot: choose metrics with --metric NAME; these runs have: "
+                         f"{shown or '(none)'}")
+    metrics = _select(available, args.metric, "plot")
+    for run in runs:
+        lacking = [m for m in metrics if m not in run.metrics]
+        if lacking:
+            print(f"note: run {run.name} has no {', '.join(lacking)}", file=sys.stderr)
+    try:
+        path = plot_runs(runs, metrics, args.out or default_filename(metrics))
+    except ImportError as exc:
+        raise SystemExit(f"autolog plot: {exc}") from exc
+    print(os.path.abspath(path))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .replay import ReplayError, replay
+
+    run = _find(args.run, args.dir)
+    names = [name for spec in args.to for name in spec.split(",")]
+    try:
+        return replay(run, names, offline=args.offline, log_dir=args.log_dir, force=args.force)
+    except ReplayError as exc:
+        raise SystemExit(f"autolog replay: {exc}") from exc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="autolog", description="autolog: look at tracked runs")
     parser.add_argument("--dir", default=None, help="runs directory (default $AUTOLOG_DIR or ./runs)")
@@ -82,7 +227,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     show.add_argument("run")
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(func=cmd_show)
-    for p in (demo, lst, show):
+    compare = sub.add_parser("compare", help="runs side by side: status, differing config, summary")
+    compare.add_argument("runs", nargs="+", metavar="RUN")
+    compare.add_argument("--metric", action="append", default=[], metavar="NAME",
+                         help="summary metric to show (repeatable; globs such as 'val/*')")
+    compare.add_argument("--json", action="store_true", help="print JSON")
+    compare.set_defaults(func=cmd_compare)
+    plot = sub.add_parser("plot", help="plot metrics of runs against step into an image file")
+    plot.add_argument("runs", nargs="+", metavar="RUN")
+    plot.add_argument("--metric", action="append", default=[], metavar="NAME",
+                      help="metric to plot, one panel each (repeatable; globs such as 'val/*')")
+    plot.add_argument("--out", default=None, metavar="FILE",
+                      help="image file (default: <metric>.png in the current directory)")
+    plot.set_defaults(func=cmd_plot)
+    rep = sub.add_parser("replay", help="write a stored run into sinks (tensorboard, wandb...)")
+    rep.add_argument("run", metavar="RUN")
+    rep.add_argument("--to", action="append", required=True, metavar="SINK",
+                     help="sink name (repeatable, or comma-separated)")
+    rep.add_argument("--offline", action="store_true", help="open W&B runs offline")
+    rep.add_argument("--log-dir", default=None, metavar="DIR",
+                     help="TensorBoard: write to DIR/<run id> instead of <run>/tensorboard")
+    rep.add_argument("--force", action="store_true",
+                     help="write even where this run's TensorBoard or W&B output already is")
+    rep.set_defaults(func=cmd_replay)
+    for p in (demo, lst, show, compare, plot, rep):
         p.add_argument("--dir", default=argparse.SUPPRESS, help="runs directory")
     args = parser.parse_args(argv)
     if args.command == "demo" and args.dir is None:
