@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fcntl
+import gc
 import glob
 import os
 from functools import cached_property
@@ -56,41 +57,26 @@ class RunData:
 
     @cached_property
     def _events(self) -> tuple[dict, dict, list]:
-        path = os.path.join(self.path, store.EVENTS_FILE)
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read()
-        except FileNotFoundError:
-            data = b""
-        names: dict[str, int] = {}
-        key_parts, step_parts, value_parts = [], [], []
+        log = store.EventLog(os.path.join(self.path, store.EVENTS_FILE))
         histograms: dict[str, list[tuple[int, list[float], list[float]]]] = {}
-        media: list[dict[str, Any]] = []
-        for kind, header, body in store.iter_records(data):
-            if kind == b"S":
-                keys, idx, steps, values, _walls = store.decode_scalars(header, body)
-                remap = np.asarray([names.setdefault(k, len(names)) for k in keys], dtype=np.int64)
-                key_parts.append(remap[idx])
-                step_parts.append(steps)
-                value_parts.append(values)
-            elif kind == b"H":
-                for item, edges, counts in store.decode_histograms(header, body):
-                    histograms.setdefault(item["name"], []).append((int(item["step"]), edges, counts))
-            elif kind == b"M":
-                media.extend(header["items"])
+        for item, edges, counts in log.histograms:
+            histograms.setdefault(item["name"], []).append((int(item["step"]), edges, counts))
         metrics: dict[str, list[tuple[int, float]]] = {}
-        if key_parts:
-            keys = np.concatenate(key_parts)
-            steps = np.concatenate(step_parts)
-            values = np.concatenate(value_parts)
-            order = np.lexsort((steps, keys))  # by key, then step; stable for equal steps
-            keys, steps, values = keys[order], steps[order], values[order]
+        if len(log.keys):
+            order = np.lexsort((log.steps, log.keys))  # by key, then step; stable for equal steps
+            keys, steps, values = log.keys[order], log.steps[order], log.values[order]
             bounds = np.flatnonzero(np.diff(keys)) + 1
             starts = np.concatenate(([0], bounds))
             ends = np.concatenate((bounds, [len(keys)]))
-            by_index = {i: n for n, i in names.items()}
-            for s, e in zip(starts.tolist(), ends.tolist()):
-                metrics[by_index[int(keys[s])]] = list(zip(steps[s:e].tolist(), values[s:e].tolist()))
+            collecting = gc.isenabled()
+            gc.disable()  # millions of fresh tuples would trigger collections that find nothing
+            try:
+                for s, e in zip(starts.tolist(), ends.tolist()):
+                    metrics[log.names[int(keys[s])]] = list(zip(steps[s:e].tolist(), values[s:e].tolist()))
+            finally:
+                if collecting:
+                    gc.enable()
+        media = log.media
         for series in histograms.values():
             series.sort(key=lambda item: item[0])
         return metrics, histograms, media

@@ -76,35 +76,13 @@ def run_result(run: RunData) -> RunResult:
 def _read_log(run: RunData) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray,
                                      list[HistogramRecord]]:
     """Every scalar point (name index, step, value, wall) and histogram, with wall times."""
-    try:
-        with open(os.path.join(run.path, store.EVENTS_FILE), "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError:
-        data = b""
-    names: dict[str, int] = {}
-    keys, steps, values, walls = [], [], [], []
-    histograms: list[HistogramRecord] = []
-    for kind, header, body in store.iter_records(data):
-        if kind == b"S":
-            k, idx, s, v, w = store.decode_scalars(header, body)
-            remap = np.asarray([names.setdefault(n, len(names)) for n in k], dtype=np.int64)
-            keys.append(remap[idx])
-            steps.append(s)
-            values.append(v)
-            walls.append(w)
-        elif kind == b"H":
-            for item, edges, counts in store.decode_histograms(header, body):
-                histograms.append(HistogramRecord(item["name"], int(item["step"]), edges, counts,
-                                                  float(item.get("wall", 0.0))))
-    if keys:
-        cat = [np.concatenate(parts) for parts in (keys, steps, values, walls)]
-        order = np.argsort(cat[1], kind="stable")  # step order; log order within a step
-        k, s, v, w = (a[order] for a in cat)
-    else:
-        k = s = np.zeros(0, dtype=np.int64)
-        v = w = np.zeros(0, dtype=np.float64)
+    log = store.EventLog(os.path.join(run.path, store.EVENTS_FILE))
+    histograms = [HistogramRecord(item["name"], int(item["step"]), edges, counts, float(item.get("wall", 0.0)))
+                  for item, edges, counts in log.histograms]
+    order = np.argsort(log.steps, kind="stable")  # step order; log order within a step
+    k, s, v, w = (a[order] for a in (log.keys, log.steps, log.values, log.walls))
     histograms.sort(key=lambda h: h.step)  # stable: log order within a step
-    return list(names), k, s, v, w, histograms
+    return log.names, k, s, v, w, histograms
 
 
 def _decode_png(path: str) -> np.ndarray:

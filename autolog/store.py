@@ -213,3 +213,35 @@ def encode_png(image: np.ndarray) -> bytes:
 
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+
+
+class EventLog:
+    """Everything intact in a run's ``events.alog``, in log order.
+
+    Scalars as parallel arrays (``keys`` indexes ``names``), histograms as (item header, edges,
+    counts), media as their index entries. Shared by `read_run` and the replay."""
+
+    def __init__(self, path: str) -> None:
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            data = b""
+        index: dict[str, int] = {}
+        parts: tuple[list, list, list, list] = ([], [], [], [])
+        self.histograms: list[tuple[dict[str, Any], list[float], list[float]]] = []
+        self.media: list[dict[str, Any]] = []
+        for kind, header, body in iter_records(data):
+            if kind == b"S":
+                names, idx, steps, values, walls = decode_scalars(header, body)
+                remap = np.asarray([index.setdefault(n, len(index)) for n in names], dtype=np.int64)
+                for part, array in zip(parts, (remap[idx], steps, values, walls)):
+                    part.append(array)
+            elif kind == b"H":
+                self.histograms.extend(decode_histograms(header, body))
+            elif kind == b"M":
+                self.media.extend(header["items"])
+        self.names = list(index)
+        empty = (np.int64, np.int64, np.float64, np.float64)
+        self.keys, self.steps, self.values, self.walls = (
+            np.concatenate(part) if part else np.zeros(0, dtype=dtype) for part, dtype in zip(parts, empty))
