@@ -77,6 +77,9 @@ def _worker(rank, root, port, fail_rank, queue):
         raise
     finally:
         if fail_rank is None:
+            # Both ranks leave together (after the counts were taken): a rank whose peer has
+            # already torn down the store can abort in gloo's shutdown.
+            dist.barrier()
             dist.destroy_process_group()
 
 
