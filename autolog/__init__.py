@@ -5,12 +5,12 @@
 
 Backends (tensorboard, wandb) are imported only when a sink that needs them is used.
 """
-from ._version import __version__
-from .api import current_run, log, log_figure, log_image, log_text, run, track
-from .reader import RunData, list_runs, read_run
-from .run import Run
-from .capture.errors import NonFiniteError
-from .capture.watch import unwatch, watch
+from autolog._version import __version__
+from autolog.api import current_run, log, log_figure, log_image, log_text, run, track
+from autolog.store.reader import RunData, list_runs, read_run
+from autolog.core.run import Run
+from autolog.capture.errors import NonFiniteError
+from autolog.capture.watch import unwatch, watch
 
 __all__ = ["__version__", "track", "run", "log", "log_image", "log_figure", "log_text", "current_run",
            "read_run", "list_runs", "RunData", "Run",

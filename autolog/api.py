@@ -7,9 +7,9 @@ from typing import Any, Callable, Iterable, Mapping
 
 import wrapt
 
-from . import run as run_mod
-from .run import NullRun, Run, finish_for_exception, summary_from_return
-from .settings import resolve
+from autolog.core import run as run_mod
+from autolog.core.run import NullRun, Run, finish_for_exception, summary_from_return
+from autolog.core.settings import resolve
 
 _warned_no_run = False
 

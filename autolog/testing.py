@@ -9,8 +9,8 @@ from __future__ import annotations
 import threading
 from typing import Any, Iterator
 
-from .records import Batch, HistogramRecord, MediaRecord, RunInfo, RunResult
-from .sinks.base import Sink
+from autolog.pipeline.records import Batch, HistogramRecord, MediaRecord, RunInfo, RunResult
+from autolog.sinks.base import Sink
 
 
 class MemorySink(Sink):
@@ -114,7 +114,7 @@ if pytest is not None:
     @pytest.fixture
     def autolog_run(tmp_path: Any) -> Iterator[Any]:
         """An open run writing to `tmp_path` with a `MemorySink` (as `.sink`) and the local store."""
-        from . import api
+        from autolog import api
 
         sink = MemorySink()
         run = api.run(project="test", dir=str(tmp_path), sinks=["local", sink], flush_secs=3600)

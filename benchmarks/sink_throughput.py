@@ -38,7 +38,7 @@ BATCH_STEPS = 50
 
 def make_batches(points: int, keys: int) -> list[Any]:
     """`points` points of `keys` metrics per step, in `Batch`es of `BATCH_STEPS` steps."""
-    from autolog.records import Batch
+    from autolog.pipeline.records import Batch
 
     names = [f"metric/{k}" for k in range(keys)]
     per_batch = keys * BATCH_STEPS
@@ -52,7 +52,7 @@ def make_batches(points: int, keys: int) -> list[Any]:
 
 
 def _run_info(path: str, mode: str | None = "offline") -> Any:
-    from autolog.records import RunInfo
+    from autolog.pipeline.records import RunInfo
 
     os.makedirs(path, exist_ok=True)
     return RunInfo(id=os.path.basename(path), name="bench", project="bench", path=path,
@@ -67,7 +67,7 @@ def _make_sink(name: str) -> Any:
 
 def sink_write(name: str, path: str, batches: list[Any]) -> float:
     """Seconds for the sink `name` to open, write `batches` and close."""
-    from autolog.records import RunResult
+    from autolog.pipeline.records import RunResult
 
     sink = _make_sink(name)
     info = _run_info(path)
@@ -82,7 +82,7 @@ def sink_write(name: str, path: str, batches: list[Any]) -> float:
 def local_read(path: str, expected: int) -> float:
     """Seconds for `read_run` to read the points a `LocalSink` wrote to `path`."""
     import autolog
-    from autolog import store
+    from autolog.store import format as store
 
     store.write_json_atomic(os.path.join(path, store.RUN_FILE),
                             {"format": store.FORMAT_VERSION, "id": os.path.basename(path),

@@ -18,7 +18,7 @@ def _isolated_env(monkeypatch, tmp_path):
     yield
     import sys
 
-    run_mod = sys.modules["autolog.run"]  # the module; `autolog.run` is the function
+    run_mod = sys.modules["autolog.core.run"]  # the module; `autolog.core.run` is the function
     leftover = list(run_mod._active)
     for r in leftover:
         r.finish()

@@ -9,7 +9,7 @@ import autolog
 
 def _autolog(*args, cwd):
     exe = shutil.which("autolog")
-    cmd = [exe, *args] if exe else [sys.executable, "-m", "autolog.cli", *args]
+    cmd = [exe, *args] if exe else [sys.executable, "-m", "autolog.tools.cli", *args]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import autolog
-from autolog import cli, replay, store
+from autolog.store import format as store
+from autolog.tools import cli, replay
 
 COUNTS = [[1.0, 2.0, 3.0, 0.0], [0.0, 4.0, 4.0, 1.0], [2.0, 2.0, 2.0, 2.0]]
 
@@ -190,7 +191,7 @@ def test_replay_to_csv(runs, capsys):
 
 
 def test_replay_to_wandb_offline(runs, capsys):
-    from autolog.wandb_records import read_wandb_run
+    from autolog.sinks.wandb_records import read_wandb_run
 
     _, a, _ = runs
     code, _, _ = _cli(capsys, "replay", a.path, "--to", "wandb", "--offline")

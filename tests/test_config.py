@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 import autolog
-from autolog.redact import Redactor, key_is_secret
+from autolog.core.redact import Redactor, key_is_secret
 
 
 @dataclasses.dataclass

@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import autolog
-from autolog.distributed import context
+from autolog.core.distributed import context
 
 WORLD = 2
 STEPS = 10

@@ -8,7 +8,7 @@ import torch
 import autolog
 from autolog.testing import MemorySink, RaisingSink, StallingSink
 
-run_module = sys.modules["autolog.run"]
+run_module = sys.modules["autolog.core.run"]
 
 
 def test_handoff_every_log_every_steps_and_at_the_end(tmp_path):

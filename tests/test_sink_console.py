@@ -15,7 +15,7 @@ import threading
 import pytest
 
 import autolog
-from autolog.records import Batch, RunInfo, RunResult
+from autolog.pipeline.records import Batch, RunInfo, RunResult
 from autolog.sinks import resolve_sink
 from autolog.sinks.console import (ConsoleSink, batch_prog_bar, format_duration,
                                    lower_is_better)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import autolog
-from autolog.records import Batch, RunInfo, RunResult
+from autolog.pipeline.records import Batch, RunInfo, RunResult
 from autolog.sinks import resolve_sink
 from autolog.sinks.csv import CSVSink, rows_from_scalars
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import autolog
-from autolog.records import Batch, RunInfo, RunResult
+from autolog.pipeline.records import Batch, RunInfo, RunResult
 from autolog.sinks import (ENTRY_POINT_GROUP, Sink, available_sinks, resolve_sink,
                            resolve_sinks, sink_class)
 

@@ -19,8 +19,8 @@ from tensorboard.compat.proto.graph_pb2 import GraphDef
 from tensorboard.plugins.hparams import metadata as hp_metadata
 from tensorboard.util import tensor_util
 
-from autolog.graph import model_graph
-from autolog.records import Batch, HistogramRecord, MediaRecord, RunInfo, RunResult
+from autolog.capture.graph import model_graph
+from autolog.pipeline.records import Batch, HistogramRecord, MediaRecord, RunInfo, RunResult
 from autolog.sinks.tensorboard import TensorBoardSink, histogram_summary
 
 T0 = 1_700_000_000.25

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import wandb
 
-from autolog.records import Batch, HistogramRecord, MediaRecord, RunInfo, RunResult
+from autolog.pipeline.records import Batch, HistogramRecord, MediaRecord, RunInfo, RunResult
 from autolog.sinks.wandb import WandbSink, wandb_run_id
-from autolog.wandb_records import (BLOCK_SIZE, HEADER, find_wandb_file, iter_chunk_payloads,
+from autolog.sinks.wandb_records import (BLOCK_SIZE, HEADER, find_wandb_file, iter_chunk_payloads,
                                    read_wandb_run, wait_for_exit_record)
 
 
@@ -231,7 +231,7 @@ def hook(t, e, tb):
     print('PREVIOUS HOOK', file=sys.stderr)
     sys.__excepthook__(t, e, tb)
 sys.excepthook = hook
-import autolog, autolog.wandb_records
+import autolog, autolog.sinks.wandb_records
 from autolog.sinks.wandb import WandbSink
 assert 'wandb' not in sys.modules, 'wandb imported before the sink opened'
 run = autolog.run(project='p', dir=sys.argv[1], sinks=[WandbSink()], log_every=1000)

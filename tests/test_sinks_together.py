@@ -12,7 +12,7 @@ from torch import nn
 
 import autolog
 from autolog.sinks import ConsoleSink, CSVSink, TensorBoardSink, WandbSink
-from autolog.wandb_records import read_wandb_run
+from autolog.sinks.wandb_records import read_wandb_run
 
 STEPS, LOG_EVERY = 12, 4
 

@@ -17,6 +17,6 @@ from typing import Any
 
 def instrument(run: Any) -> None:
     """Install the automatic capture for `run`; register its undo in `run._on_finish`."""
-    from .session import Capture
+    from autolog.capture.session import Capture
 
     Capture.start(run)

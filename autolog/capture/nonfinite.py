@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .errors import NonFiniteError, NonFiniteWarning
+from autolog.capture.errors import NonFiniteError, NonFiniteWarning
 
 POLICIES = ("warn", "raise", "ignore")
 RESERVED = "\x00autolog/nonfinite/"  # scalar names that never reach a sink

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 import wrapt
 
-from ..run import current
+from autolog.core.run import current
 
 # Set while a patched backward runs: `Tensor.backward` calls `torch.autograd.backward`, and a
 # backward called from inside a backward (a custom Function) is not a training loss.

@@ -16,14 +16,14 @@ from typing import Any
 
 import torch
 
-from . import patches
-from . import watch as watch_mod
-from .errors import NonFiniteError
-from .loss import LossTracker, is_loss
-from .nonfinite import NonFiniteMonitor
-from .optim import OptimizerState
-from .safe import Guard
-from .timing import StepTimer
+from autolog.capture import patches
+from autolog.capture import watch as watch_mod
+from autolog.capture.errors import NonFiniteError
+from autolog.capture.loss import LossTracker, is_loss
+from autolog.capture.nonfinite import NonFiniteMonitor
+from autolog.capture.optim import OptimizerState
+from autolog.capture.safe import Guard
+from autolog.capture.timing import StepTimer
 
 LOSS = "train/loss"
 

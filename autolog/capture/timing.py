@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..records import MediaRecord
+from autolog.pipeline.records import MediaRecord
 
 INTERNAL = "\x00autolog/timing"  # media kind that never reaches a sink
 STEP_TIME = "perf/step_time"

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from ..run import Run, current
-from ..records import MediaRecord
-from . import stats
-from .nonfinite import POLICIES
+from autolog.core.run import Run, current
+from autolog.pipeline.records import MediaRecord
+from autolog.capture import stats
+from autolog.capture.nonfinite import POLICIES
 
 LOGS = ("gradients", "parameters", "all", None)
 
@@ -210,7 +210,7 @@ class Watched:
         args, kwargs, step = pending
         example: Any = args if args else kwargs
         try:
-            from ..graph import model_graph
+            from autolog.capture.graph import model_graph
         except ImportError:
             data = {"text": str(model)}
         else:

@@ -65,10 +65,10 @@ import torch
 
 import autolog
 
-from .. import api
-from ..config import flatten
-from ..run import Run, current, finish_for_exception
-from ..settings import DEFAULT_SINKS, ENV
+from autolog import api
+from autolog.core.config import flatten
+from autolog.core.run import Run, current, finish_for_exception
+from autolog.core.settings import DEFAULT_SINKS, ENV
 
 __all__ = ["AutologCallback"]
 

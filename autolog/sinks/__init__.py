@@ -14,7 +14,7 @@ import sys
 from importlib import metadata
 from typing import Any, Iterable
 
-from .base import Sink
+from autolog.sinks.base import Sink
 
 ENTRY_POINT_GROUP = "autolog.sinks"
 

@@ -1,7 +1,7 @@
 """The one small base class every sink implements."""
 from __future__ import annotations
 
-from ..records import Batch, RunInfo, RunResult
+from autolog.pipeline.records import Batch, RunInfo, RunResult
 
 
 class Sink:

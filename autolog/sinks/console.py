@@ -21,8 +21,8 @@ import threading
 import time
 from typing import Any, Iterable, TextIO
 
-from ..records import Batch, RunInfo, RunResult
-from .base import Sink
+from autolog.pipeline.records import Batch, RunInfo, RunResult
+from autolog.sinks.base import Sink
 
 #: always on the bar
 DEFAULT_KEYS = ("train/loss",)

@@ -12,9 +12,9 @@ import io
 import os
 from typing import Any
 
-from .. import store
-from ..records import Batch, RunInfo, RunResult, ScalarPoint
-from .base import Sink
+from autolog.store import format as store
+from autolog.pipeline.records import Batch, RunInfo, RunResult, ScalarPoint
+from autolog.sinks.base import Sink
 
 FIXED_COLUMNS = ("step", "wall_time")
 

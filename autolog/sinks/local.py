@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 import time
 
-from .. import store
-from ..records import Batch, RunInfo, RunResult
-from .base import Sink
+from autolog.store import format as store
+from autolog.pipeline.records import Batch, RunInfo, RunResult
+from autolog.sinks.base import Sink
 
 
 class LocalSink(Sink):

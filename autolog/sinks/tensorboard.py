@@ -30,8 +30,8 @@ from tensorboard.plugins.hparams import plugin_data_pb2 as hp_pb2
 from tensorboard.plugins.text import metadata as text_metadata
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-from ..records import Batch, HistogramRecord, MediaRecord, RunInfo, RunResult, ScalarPoint
-from .base import Sink
+from autolog.pipeline.records import Batch, HistogramRecord, MediaRecord, RunInfo, RunResult, ScalarPoint
+from autolog.sinks.base import Sink
 
 __all__ = ["TensorBoardSink"]
 

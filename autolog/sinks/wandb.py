@@ -41,8 +41,8 @@ import warnings
 from collections import defaultdict
 from typing import Any
 
-from ..records import Batch, MediaRecord, RunInfo, RunResult
-from .base import Sink
+from autolog.pipeline.records import Batch, MediaRecord, RunInfo, RunResult
+from autolog.sinks.base import Sink
 
 EXIT_CODES = {"finished": 0, "failed": 1, "interrupted": 255}
 
@@ -82,7 +82,7 @@ def _settings_dict(settings: Any) -> dict[str, Any]:
 
 def _finish_autolog_runs() -> None:
     """At interpreter exit: end autolog's open runs while W&B's service still listens."""
-    finish_all = getattr(sys.modules.get("autolog.run"), "_at_exit", None)
+    finish_all = getattr(sys.modules.get("autolog.core.run"), "_at_exit", None)
     if callable(finish_all):
         finish_all()
 
@@ -241,7 +241,7 @@ class WandbSink(Sink):
             self.wandb_run = None
         if sync_file and written and os.path.exists(sync_file):
             # run.finish() returns before wandb-core has written the log's last block
-            from ..wandb_records import wait_for_exit_record
+            from autolog.sinks.wandb_records import wait_for_exit_record
 
             if not wait_for_exit_record(sync_file, CLOSE_TIMEOUT):
                 warnings.warn(f"autolog wandb sink: {sync_file} still incomplete after "

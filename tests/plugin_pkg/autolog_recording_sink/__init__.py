@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 
-from autolog.records import Batch, RunInfo, RunResult
+from autolog.pipeline.records import Batch, RunInfo, RunResult
 from autolog.sinks import Sink
 
 __all__ = ["RecordingSink", "read_recording"]

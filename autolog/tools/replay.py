@@ -39,10 +39,10 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from . import store
-from .reader import RunData
-from .records import Batch, HistogramRecord, MediaRecord, RunInfo, RunResult
-from .sinks import Sink, sink_class
+from autolog.store import format as store
+from autolog.store.reader import RunData
+from autolog.pipeline.records import Batch, HistogramRecord, MediaRecord, RunInfo, RunResult
+from autolog.sinks import Sink, sink_class
 
 __all__ = ["replay", "batches", "run_info", "run_result", "STATUS_MAP", "CHUNK", "ReplayError"]
 
@@ -164,7 +164,7 @@ def _make_sink(name: str, run: RunData, log_dir: str | None, force: bool) -> Sin
                 f"with --log-dir DIR, or add one anyway with --force")
         return cls(log_dir=log_dir)
     if name == "wandb":
-        from .sinks.wandb import wandb_run_id
+        from autolog.sinks.wandb import wandb_run_id
 
         pattern = os.path.join(glob.escape(os.path.join(run.path, "wandb")),
                                f"*run-*-{glob.escape(wandb_run_id(run.id) or '')}")

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .reader import RunData
+from autolog.store.reader import RunData
 
 __all__ = ["plot_runs", "default_filename", "run_labels"]
 

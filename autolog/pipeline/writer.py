@@ -15,8 +15,8 @@ import time
 import traceback
 from typing import Any, Callable
 
-from .records import Batch, RunInfo, RunResult
-from .sinks.base import Sink
+from autolog.pipeline.records import Batch, RunInfo, RunResult
+from autolog.sinks.base import Sink
 
 QUEUE_SIZE = 256  # batches; a batch is everything since the previous hand-off
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from typing import Any
 
-from ._version import __version__
+from autolog._version import __version__
 
 
 def iso(ts: float) -> str:

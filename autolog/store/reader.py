@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from . import store
-from .settings import DEFAULT_DIR, ENV
+from autolog.store import format as store
+from autolog.core.settings import DEFAULT_DIR, ENV
 
 
 _NON_FINITE = ("nan", "inf", "-inf")  # how run.json spells non-finite summary values

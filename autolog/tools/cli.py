@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Any, Sequence
 
-from .reader import RunData, list_runs, read_run
+from autolog.store.reader import RunData, list_runs, read_run
 
 
 def _find(ref: str, dir: str | None) -> RunData:
@@ -58,7 +58,7 @@ def _same(values: list[Any]) -> bool:
 
 def _best(metric: str, values: list[Any]) -> int | None:
     """Index of the best run for `metric` (None: no direction, fewer than two numbers, a tie)."""
-    from .sinks.console import NO_BEST, lower_is_better
+    from autolog.sinks.console import NO_BEST, lower_is_better
 
     nums = [(v, i) for i, v in enumerate(values) if isinstance(v, (int, float))
             and not isinstance(v, bool) and math.isfinite(v)]
@@ -70,7 +70,7 @@ def _best(metric: str, values: list[Any]) -> int | None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from autolog.tools.demo import run_demo
 
     path = run_demo(dir=args.dir, epochs=args.epochs)
     run = read_run(path)
@@ -117,8 +117,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     if len(args.runs) < 2:
         raise SystemExit("autolog compare: give at least two runs")
-    from .plot import run_labels
-    from .sinks.console import PER_PARAMETER, format_duration
+    from autolog.tools.plot import run_labels
+    from autolog.sinks.console import PER_PARAMETER, format_duration
 
     runs = [_find(ref, args.dir) for ref in args.runs]
     keys = sorted(set().union(*(r.config for r in runs)))
@@ -181,7 +181,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .plot import default_filename, plot_runs
+    from autolog.tools.plot import default_filename, plot_runs
 
     runs = [_find(ref, args.dir) for ref in args.runs]
     available = sorted(set().union(*(r.metrics for r in runs)))
@@ -203,7 +203,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from .replay import ReplayError, replay
+    from autolog.tools.replay import ReplayError, replay
 
     run = _find(args.run, args.dir)
     names = [name for spec in args.to for name in spec.split(",")]

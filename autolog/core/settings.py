@@ -7,7 +7,7 @@ import re
 import sys
 from typing import Any, Iterable, Mapping
 
-from .capture.options import parse_capture
+from autolog.capture.options import parse_capture
 
 DEFAULT_DIR = "runs"
 DEFAULT_SINKS = ("local", "console")

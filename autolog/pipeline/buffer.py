@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .records import Batch, HistogramRecord, MediaRecord
+from autolog.pipeline.records import Batch, HistogramRecord, MediaRecord
 
 Number = (int, float)
 

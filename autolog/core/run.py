@@ -18,17 +18,17 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from . import config as config_mod
-from . import distributed
-from . import media as media_mod
-from . import meta as meta_mod
-from . import store
-from .buffer import RunBuffer
-from .pipeline import Pipeline
-from .records import Batch, MediaRecord, RunInfo, RunResult
-from .redact import Redactor
-from .settings import Settings, safe_component
-from .sinks import resolve_sinks
+from autolog.core import config as config_mod
+from autolog.core import distributed
+from autolog.pipeline import media as media_mod
+from autolog.core import meta as meta_mod
+from autolog.store import format as store
+from autolog.pipeline.buffer import RunBuffer
+from autolog.pipeline.writer import Pipeline
+from autolog.pipeline.records import Batch, MediaRecord, RunInfo, RunResult
+from autolog.core.redact import Redactor
+from autolog.core.settings import Settings, safe_component
+from autolog.sinks import resolve_sinks
 
 _active: list["Run"] = []  # the stack of open runs of this process (nested calls join the top)
 _all_runs: "weakref.WeakSet[Run]" = weakref.WeakSet()
@@ -165,7 +165,7 @@ class Run:
         _signals.install()
         _excepthook.install()
         try:
-            from .capture import instrument
+            from autolog.capture import instrument
 
             instrument(self)  # automatic capture; undone by the hooks it adds to self._on_finish
         except Exception as exc:  # noqa: BLE001 -- never break the user's training
