@@ -20,6 +20,7 @@ import torch
 
 from autolog.core import config as config_mod
 from autolog.core import distributed
+from autolog.core import process
 from autolog.pipeline import media as media_mod
 from autolog.core import meta as meta_mod
 from autolog.store import format as store
@@ -162,8 +163,7 @@ class Run:
         _all_runs.add(self)
         with _state_lock:
             _active.append(self)
-        _signals.install()
-        _excepthook.install()
+        process.hooks.acquire()
         try:
             from autolog.capture import instrument
 
@@ -181,13 +181,23 @@ class Run:
         store.write_json_atomic(os.path.join(self.path, store.RUN_FILE), self._record())
 
     def finish(self, status: str = "finished", exc: BaseException | None = None) -> None:
-        """End the run: hand off what is left, wait for the sinks, record the final status."""
+        """End the run: hand off what is left, wait for the sinks, record the final status.
+
+        SIGINT and SIGTERM arriving meanwhile wait until the record is written (a signal cannot
+        leave a run half-ended: `running` on disk, read back `crashed`), then act."""
         with _state_lock:
             if self._finished or self._forked:
                 return
             self._finished = True
             if self in _active:
                 _active.remove(self)
+        with process.deferred_signals():
+            try:
+                self._end(status, exc)
+            finally:
+                process.hooks.release()
+
+    def _end(self, status: str, exc: BaseException | None) -> None:
         for hook in reversed(self._on_finish):
             try:
                 hook(self)
@@ -211,8 +221,6 @@ class Run:
         self.status = status
         if self.is_follower:
             self._buffer.stage(self._step)  # drop: followers write nothing
-            _signals.uninstall()
-            _excepthook.uninstall()
             return
         self._handoff(force=True)
         ok = self.pipeline.close(self._result, self.settings.close_timeout)
@@ -224,9 +232,8 @@ class Run:
             self.meta["sinks_timed_out"] = True
         self.summary = {**self._last_values, **self.summary}
         self._write_record()
-        os.close(self._lock_fd)
-        _signals.uninstall()
-        _excepthook.uninstall()
+        lock_fd, self._lock_fd = self._lock_fd, None  # None first: a fork must never close the
+        os.close(lock_fd)                              # number, reused by another file by then
 
     def _finish_distributed(self, status: str, failure: dict[str, Any] | None) -> str:
         """The end of a run in a multi-rank job: the last reduction point when every rank ends
@@ -270,9 +277,10 @@ class Run:
         """In a forked child (a DataLoader worker) the run is inert: it writes nothing."""
         self._forked = True
         self._buffer.reset_after_fork()
-        if self._lock_fd is not None:
+        lock_fd, self._lock_fd = self._lock_fd, None
+        if lock_fd is not None:
             try:
-                os.close(self._lock_fd)  # the parent still holds the lock through its own descriptor
+                os.close(lock_fd)  # the parent still holds the lock through its own descriptor
             except OSError:
                 pass
 
@@ -337,12 +345,15 @@ class Run:
             self._last_handoff = -math.inf  # writer behind: keep buffering, retry at the next call
             return
         self._last_handoff = time.monotonic()
-        for hook in self._handoff_hooks:
-            hook(self)
-        staged = self._buffer.stage(self._step)
-        if staged is not None:
-            self.flush_count += 1
-            self.pipeline.submit(staged)
+        # Atomic with respect to signals: a Ctrl-C or SIGTERM arriving while the buffer is taken
+        # and submitted waits for the batch to be in the pipeline, so it cannot be lost between.
+        with process.deferred_signals():
+            for hook in self._handoff_hooks:
+                hook(self)
+            staged = self._buffer.stage(self._step)
+            if staged is not None:
+                self.flush_count += 1
+                self.pipeline.submit(staged)
 
     def _prepare(self, batch: Batch) -> None:
         """On the writer thread: write media files, track last values, persist config changes."""
@@ -549,50 +560,24 @@ def summary_from_return(value: Any) -> dict[str, float]:
     return out
 
 
-class _Signals:
-    """SIGTERM while a run is open: finish every open run as `interrupted`, then let the signal
-    do what it would have done without autolog (the previous handler, or the default: exit)."""
-
-    def __init__(self) -> None:
-        self.previous: Any = None
-        self.installed = False
-
-    def install(self) -> None:
-        if self.installed or threading.current_thread() is not threading.main_thread():
-            return
-        try:
-            previous = signal.getsignal(signal.SIGTERM)
-            if previous is signal.SIG_IGN:
-                return
-            signal.signal(signal.SIGTERM, self._handle)
-        except (ValueError, OSError):  # not the main interpreter, or no signals here
-            return
-        self.previous, self.installed = previous, True
-
-    def uninstall(self) -> None:
-        if not self.installed or _active:
-            return
-        try:
-            if signal.getsignal(signal.SIGTERM) == self._handle:
-                signal.signal(signal.SIGTERM, self.previous if self.previous is not None else signal.SIG_DFL)
-        except (ValueError, OSError):
-            return
-        self.installed = False
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        for run in list(reversed(_active)):
-            run.meta["signal"] = "SIGTERM"
-            run.finish("interrupted")
-        previous = self.previous
-        self.uninstall()
-        if callable(previous):
-            previous(signum, frame)
-        elif previous in (signal.SIG_DFL, None):
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
+def _end_for_signal(signum: int) -> None:
+    """SIGTERM (or a signal whose default action ends the process): every open run ends
+    `interrupted` with everything buffered written, before the signal acts."""
+    for run in list(reversed(_active)):
+        run.meta["signal"] = signal.Signals(signum).name
+        run.finish("interrupted")
 
 
-_signals = _Signals()
+def _end_for_exception(exc: BaseException) -> None:
+    """An exception reached the top level (outside `track`/`with`, which handle their own)."""
+    for run in list(reversed(_active)):
+        finish_for_exception(run, exc)
+
+
+def _at_exit() -> None:
+    """Interpreter exit: runs started with `autolog.run()` and never finished end here."""
+    for run in list(reversed(_active)):
+        run.finish("finished")
 
 
 _forked_child = False
@@ -607,52 +592,7 @@ def _after_fork_in_child() -> None:
     _active.clear()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-class _ExceptHook:
-    """While a run is open, an uncaught exception (outside `track`/`with`, which handle their own)
-    finishes the open runs as failed before the previous hook prints it. Installed when the
-    first run opens, removed when the last one ends, so `import autolog` changes nothing."""
-
-    def __init__(self) -> None:
-        self.previous: Any = None
-        self.inside = False
-
-    def install(self) -> None:
-        if self.previous is None:
-            self.previous = sys.excepthook
-            sys.excepthook = self.hook
-
-    def uninstall(self) -> None:
-        if self.previous is not None and not _active:
-            if sys.excepthook == self.hook:  # else someone wrapped ours: it stays, a pass-through
-                sys.excepthook = self.previous
-            self.previous = None
-
-    def hook(self, exc_type, exc, tb) -> None:
-        previous = self.previous or sys.__excepthook__
-        if self.inside:  # a hook that wrapped an earlier one of ours calls us back: end the loop
-            return sys.__excepthook__(exc_type, exc, tb)
-        self.inside = True
-        try:
-            for run in list(reversed(_active)):
-                finish_for_exception(run, exc)
-            previous(exc_type, exc, tb)
-        finally:
-            self.inside = False
-
-
-_excepthook = _ExceptHook()
-
-
-def _at_exit() -> None:
-    for run in list(reversed(_active)):
-        run.finish("finished")
-
-
-import atexit  # noqa: E402
-
-atexit.register(_at_exit)
+process.hooks.bind(process.Callbacks(end_for_signal=_end_for_signal, end_for_exception=_end_for_exception,
+                                     end_at_exit=_at_exit, after_fork_in_child=_after_fork_in_child))
 
 

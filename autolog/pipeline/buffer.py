@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
+from autolog.core.process import deferred_signals  # a leaf module: imports nothing of autolog
 from autolog.pipeline.records import Batch, HistogramRecord, MediaRecord
 
 Number = (int, float)
@@ -74,6 +75,7 @@ class RunBuffer:
             self.prog_bar.update(names)
 
     # -- hand-off ---------------------------------------------------------------------------
+    @deferred_signals()  # atomic w.r.t. SIGINT/SIGTERM: a signal cannot take the buffer and lose it
     def stage(self, step: int) -> "Staged | None":
         """Take everything pending and start its copy to the host; None when empty."""
         with self._lock:

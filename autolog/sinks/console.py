@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Any, Iterable, TextIO
 
+from autolog.core import process  # a leaf module: the one owner of process-wide state
 from autolog.pipeline.records import Batch, RunInfo, RunResult
 from autolog.sinks.base import Sink
 
@@ -195,7 +196,7 @@ class ConsoleSink(Sink):
                 current = getattr(sys, attr)
                 if current is not None and _isatty(current):
                     self._proxies[attr] = _BarSafeStream(current, self._bar)
-                    setattr(sys, attr, self._proxies[attr])
+                    process.hooks.replace_stream(attr, self._proxies[attr])  # back by the run's end
 
     def write(self, batch: Batch) -> None:
         self.shown.update(dict.fromkeys(batch_prog_bar(batch)))
@@ -255,8 +256,7 @@ class ConsoleSink(Sink):
     def _restore_stdio(self) -> None:
         for attr, proxy in self._proxies.items():
             proxy.flush()
-            if getattr(sys, attr) is proxy:  # someone else may have replaced it since
-                setattr(sys, attr, proxy.wrapped)
+            process.hooks.restore_stream(attr, proxy)  # unless someone else replaced it since
         self._proxies.clear()
 
 
