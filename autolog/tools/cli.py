@@ -1,4 +1,9 @@
-"""The `autolog` command: demo, list, show, compare, plot, replay."""
+"""The `autolog` command: demo, list, show, compare, plot, replay.
+
+Exit statuses: 0 done; 1 an error (no such run, no such metric, a refused target...); 2 a usage
+error (argparse's), including a run reference that matches several runs; 141 (128 + SIGPIPE, what
+a shell tool killed by SIGPIPE reports) when the reader of the output went away (``| head``).
+"""
 from __future__ import annotations
 
 import argparse
@@ -13,13 +18,39 @@ from typing import Any, Sequence
 from autolog.store.reader import RunData, list_runs, read_run
 
 
-def _find(ref: str, dir: str | None) -> RunData:
-    if os.path.isdir(ref):
+EXIT_ERROR, EXIT_USAGE, EXIT_CLOSED_PIPE = 1, 2, 128 + 13  # 13: SIGPIPE
+MAX_CANDIDATES = 10  # runs listed when a reference is ambiguous
+
+
+class CommandError(Exception):
+    """A message for stderr and the exit status it ends the command with."""
+
+    def __init__(self, message: str, status: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def resolve_run(ref: str, dir: str | None) -> RunData:
+    """The one run `ref` names, for every subcommand: a run directory, an exact run id, the name
+    of exactly one run, or a prefix of exactly one run id. Several matches are an error listing
+    them (exit 2): never a silent pick. None is an error (exit 1)."""
+    if os.path.isdir(ref) and os.path.isfile(os.path.join(ref, "run.json")):
         return read_run(ref)
-    for run in list_runs(dir):
-        if run.id == ref or run.id.startswith(ref) or run.name == ref:
-            return run
-    raise SystemExit(f"autolog: no run {ref!r} under {dir or 'runs'}")
+    runs = list_runs(dir)
+    for matches in ([r for r in runs if r.id == ref], [r for r in runs if r.name == ref],
+                    [r for r in runs if r.id.startswith(ref)]):
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            shown = "\n".join(f"  {r.id}  {r.project}  {r.status}  {r.name}" for r in matches[:MAX_CANDIDATES])
+            more = f"\n  ... and {len(matches) - MAX_CANDIDATES} more" if len(matches) > MAX_CANDIDATES else ""
+            raise CommandError(f"{ref!r} matches {len(matches)} runs; give more of the id:\n{shown}{more}",
+                               EXIT_USAGE)
+    where = dir or os.environ.get("AUTOLOG_DIR") or "runs"
+    raise CommandError(f"no run {ref!r} under {where} ({len(runs)} runs there; `autolog list` shows them)")
+
+
+_find = resolve_run  # the name the replay/sync commands use
 
 
 def _fmt(value: object) -> str:
@@ -95,7 +126,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    run = _find(args.run, args.dir)
+    run = resolve_run(args.run, args.dir)
     if args.json:
         json.dump({"id": run.id, "name": run.name, "project": run.project, "path": run.path,
                    "status": run.status, "config": run.config, "meta": run.meta, "summary": run.summary},
@@ -120,7 +151,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from autolog.tools.plot import run_labels
     from autolog.sinks.console import PER_PARAMETER, format_duration
 
-    runs = [_find(ref, args.dir) for ref in args.runs]
+    runs = [resolve_run(ref, args.dir) for ref in args.runs]
     keys = sorted(set().union(*(r.config for r in runs)))
     config = {k: [r.config.get(k, _MISSING) for r in runs] for k in keys}
     differ = {k: v for k, v in config.items() if not _same(v)}
@@ -183,7 +214,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from autolog.tools.plot import default_filename, plot_runs
 
-    runs = [_find(ref, args.dir) for ref in args.runs]
+    runs = [resolve_run(ref, args.dir) for ref in args.runs]
     available = sorted(set().union(*(r.metrics for r in runs)))
     if not args.metric:
         shown = ", ".join(available[:20]) + (" ..." if len(available) > 20 else "")
@@ -255,7 +286,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "demo" and args.dir is None:
         args.dir = os.environ.get("AUTOLOG_DIR", "runs")
-    return args.func(args)
+    try:
+        status = args.func(args)
+        sys.stdout.flush()  # here, so that a closed pipe is seen here, not at interpreter exit
+        return status
+    except CommandError as exc:
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _stdout_to_devnull()
+        print(f"autolog {args.command}: {exc}", file=sys.stderr)
+        return exc.status
+    except BrokenPipeError:  # the reader went away (`autolog list | head -1`): stop quietly
+        _stdout_to_devnull()
+        return EXIT_CLOSED_PIPE
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, so that Python's own flush at exit cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":  # pragma: no cover
