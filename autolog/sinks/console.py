@@ -144,6 +144,7 @@ class ConsoleSink(Sink):
     """
 
     name = "console"
+    syncable = False  # a live display: `autolog sync` has nothing to finish for it
     #: extra scalar names to show on the bar; subclass or pass ``keys=`` to change
     keys: tuple[str, ...] = ()
 
