@@ -18,7 +18,7 @@ import time
 from typing import Any, Callable
 
 from autolog.pipeline import media as media_mod
-from autolog.pipeline.eventlog import read_batches
+from autolog.store.log import read_batches
 from autolog.pipeline.records import Batch, RunInfo, RunResult
 from autolog.sinks.base import Sink
 from autolog.store import format as store

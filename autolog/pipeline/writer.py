@@ -22,7 +22,7 @@ import time
 import traceback
 from typing import Any, Callable
 
-from autolog.pipeline.eventlog import EventLog
+from autolog.store.log import EventLog
 from autolog.pipeline.follower import Follower, Positions
 from autolog.pipeline.records import Batch, RunInfo, RunResult
 from autolog.sinks.base import Sink
