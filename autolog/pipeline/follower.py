@@ -91,8 +91,9 @@ class Follower:
     """Delivers the run's records to one sink on its own daemon thread, in log order."""
 
     def __init__(self, sink: Sink, info: RunInfo, positions: Positions, report: Callable[[str, str, BaseException], None],
-                 start: int = 0, entry: dict[str, Any] | None = None) -> None:
-        self.sink, self.info, self.report = sink, info, report
+                 start: int = 0, entry: dict[str, Any] | None = None,
+                 note: Callable[[str], None] | None = None) -> None:
+        self.sink, self.info, self.report, self.note = sink, info, report, note
         self.log_path = os.path.join(info.path, store.EVENTS_FILE)
         self.positions = positions
         self.entry = entry if entry is not None else positions.add(sink, start)
@@ -107,6 +108,8 @@ class Follower:
         self.errors = 0
         self.first_error: str | None = None
         self.from_log = 0  # records read back from the file (the sink had fallen behind)
+        self.counts = [0, 0, 0]  # scalar points, histograms, media delivered
+        self.where: str | None = None  # where the sink says it writes (its `path`, once open)
         self._saved = 0.0
         self.thread = threading.Thread(target=self._loop, name=f"autolog-sink-{sink.name}", daemon=True)
         self.thread.start()
@@ -123,18 +126,27 @@ class Follower:
                 self._points += n
             self.cond.notify_all()
 
+    def log_grew(self, end: int) -> None:
+        """The log holds records up to `end` that were not offered (`autolog sync`, replay)."""
+        with self.cond:
+            self.log_end = max(self.log_end, end)
+            self.cond.notify_all()
+
     def finish(self, result: RunResult) -> None:
         """The run ended: after the last record, close the sink with `result`."""
         with self.cond:
             self.result = result
             self.cond.notify_all()
 
-    def caught_up(self, deadline: float) -> bool:
-        """Wait until the sink has everything offered so far (and is closed, once finished)."""
+    def caught_up(self, deadline: float | None) -> bool:
+        """Wait until the sink has everything offered so far (and is closed, once finished);
+        False when `deadline` (a `time.monotonic()` time; None: no limit) passed first."""
         with self.cond:
             while not (self.done or (self.result is None and self.position >= self.log_end and not self.window)):
-                left = deadline - time.monotonic()
-                if left <= 0:
+                if not self.thread.is_alive():
+                    return self.done
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
                     return False
                 self.cond.wait(left)
             return True
@@ -186,6 +198,8 @@ class Follower:
 
     def _loop(self) -> None:
         opened = self._call("open", self.sink.open, self.info)
+        where = getattr(self.sink, "path", None)
+        self.where = where if isinstance(where, str) else None
         while True:
             item = self._take()
             if item == "stop":
@@ -193,8 +207,7 @@ class Follower:
             if item == "end":
                 break
             if isinstance(item, tuple):
-                if opened:
-                    self._call("write", self.sink.write, item[0])
+                self._deliver(opened, item[0])
                 self._advance(item[1])
                 continue
             limit = self.log_end
@@ -202,8 +215,7 @@ class Follower:
                 if end > limit or self.abandoned:
                     break
                 self.from_log += 1
-                if opened:
-                    self._call("write", self.sink.write, media_mod.load_media(batch, self.info.path))
+                self._deliver(opened, media_mod.load_media(batch, self.info.path, self.note))
                 self._advance(end)
                 with self.cond:
                     if self.window and self.window[0][1] == self.position:
@@ -218,6 +230,14 @@ class Follower:
             self.done = True
             self.cond.notify_all()
         self._save(force=True)
+
+    def _deliver(self, opened: bool, batch: Batch) -> None:
+        if opened:
+            self._call("write", self.sink.write, batch)
+        counts = self.counts
+        counts[0] += len(batch.scalars)
+        counts[1] += len(batch.histograms)
+        counts[2] += len(batch.media)
 
     def _save(self, force: bool = False) -> None:
         now = time.monotonic()
