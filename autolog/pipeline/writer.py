@@ -28,6 +28,7 @@ from autolog.pipeline.records import Batch, RunInfo, RunResult
 from autolog.sinks.base import Sink
 
 DEFAULT_MAX_PENDING_MB = 256.0
+_I64 = (-2**63, 2**63 - 1)  # the steps the log can store
 
 
 class _Close:
@@ -109,6 +110,7 @@ class Pipeline:
                   f"the hand-off until they are written (counted in meta['handoff_waits']; raise "
                   f"max_pending_mb to wait less)", file=sys.stderr)
         self.handoff_waits += 1
+        self._cond.notify_all()  # (lets a test see the wait begin)
         started = time.monotonic()
         while self._pending_bytes > self.max_pending and self.thread.is_alive():
             self._cond.wait(1.0)
@@ -126,6 +128,8 @@ class Pipeline:
                 return
             try:
                 self._write(item)
+            except Exception as exc:  # noqa: BLE001 -- the writer thread must live on
+                self.writer_error("write", exc)
             finally:
                 with self._cond:
                     self._queue.popleft()
@@ -147,11 +151,31 @@ class Pipeline:
         self.dropped_values += batch.dropped_values
         batch.public()  # control fields never reach the log or a sink
         start = self.log_end
-        end = self.log.append(batch)
+        end = self._append(batch)
         if end is not None:
             self.log_end = end
         for follower in self.followers:
             follower.offer(batch, start, self.log_end)
+
+    def _append(self, batch: Batch) -> int | None:
+        """Append to the log; a value the log cannot encode (a step outside int64) costs that
+        point alone: it is counted in `dropped_values` and the rest is appended."""
+        try:
+            return self.log.append(batch)
+        except (OverflowError, ValueError, TypeError):
+            pass
+        lo, hi = _I64
+        scalars = [p for p in batch.scalars if lo <= p[1] <= hi]
+        hists = [h for h in batch.histograms if lo <= h.step <= hi]
+        media = [m for m in batch.media if lo <= m.step <= hi]
+        self.dropped_values += (len(batch.scalars) - len(scalars) + len(batch.histograms) - len(hists)
+                                + len(batch.media) - len(media))
+        batch.scalars, batch.histograms, batch.media = scalars, hists, media
+        try:
+            return self.log.append(batch)
+        except Exception as exc:  # noqa: BLE001 -- the log must go on for the next batch
+            self.writer_error("log", exc)
+            return None
 
     def _finish(self, item: _Close) -> None:
         try:
