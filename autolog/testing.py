@@ -114,12 +114,16 @@ class StallingSink(Sink):
 
     def open(self, run: RunInfo) -> None:
         if self.inner is not None:
+            self._stall()  # before the backend starts: a stalled W&B never initialises
             self.inner.open(run)
 
-    def write(self, batch: Batch) -> None:
+    def _stall(self) -> None:
         if self._stalls():
             self.entered.set()
             self.gate.wait()
+
+    def write(self, batch: Batch) -> None:
+        self._stall()
         self.writes += 1
         if self.inner is not None:
             self.inner.write(batch)

@@ -78,13 +78,25 @@ class Positions:
             self.entries.append(entry)
         return entry
 
-    def update(self, entry: dict[str, Any], **values: Any) -> None:
+    def update(self, entry: dict[str, Any], offset: int, done: bool) -> None:
+        """Record a sink's position; positions only move forward (a late writer of an older
+        position cannot undo a newer one)."""
         with self._lock:
-            entry.update(values)
-            try:
-                store.write_json_atomic(self.path, {"sinks": self.entries})
-            except OSError:
-                pass  # the store reports disk trouble; a stale position means a later re-sync
+            if offset < entry.get("offset", 0) or (entry.get("done") and not done):
+                return
+            entry.update(offset=offset, done=done)
+            self._write()
+
+    def save(self) -> None:
+        """Write the file now (when the sinks are known, before the first record)."""
+        with self._lock:
+            self._write()
+
+    def _write(self) -> None:
+        try:
+            store.write_json_atomic(self.path, {"sinks": self.entries})
+        except OSError:
+            pass  # the store reports disk trouble; a stale position means a later re-sync
 
 
 class Follower:
@@ -194,7 +206,9 @@ class Follower:
         with self.cond:
             self.position = max(self.position, end)
             self.cond.notify_all()
-        self._save()
+        # abandoned at close while this write was in flight: record it at once, the process may
+        # be about to exit (`autolog sync` would otherwise write this batch a second time)
+        self._save(force=self.abandoned)
 
     def _loop(self) -> None:
         opened = self._call("open", self.sink.open, self.info)
@@ -226,10 +240,10 @@ class Follower:
                         self.position = limit  # unreadable tail (store errors): nothing more there
         if opened and self.result is not None:
             self._call("close", self.sink.close, self.result)
+        self._save(force=True, done=True)  # recorded before anyone is told it is done
         with self.cond:
             self.done = True
             self.cond.notify_all()
-        self._save(force=True)
 
     def _deliver(self, opened: bool, batch: Batch) -> None:
         if opened:
@@ -239,11 +253,11 @@ class Follower:
         counts[1] += len(batch.histograms)
         counts[2] += len(batch.media)
 
-    def _save(self, force: bool = False) -> None:
+    def _save(self, force: bool = False, done: bool = False) -> None:
         now = time.monotonic()
         if force or now - self._saved >= SAVE_SECS:
             self._saved = now
-            self.positions.update(self.entry, offset=self.position, done=self.done)
+            self.positions.update(self.entry, offset=self.position, done=done)
 
     def stats(self) -> dict[str, Any]:
         return {"errors": self.errors, "first_error": self.first_error, "read_from_log": self.from_log}

@@ -49,6 +49,7 @@ class Pipeline:
         self.log_end = self._start_offset()
         self.positions = Positions(info.path)
         self.followers = [Follower(s, info, self.positions, self._report, start=self.log_end) for s in sinks]
+        self.positions.save()
         self._queue: collections.deque = collections.deque()
         self._cond = threading.Condition(threading.RLock())  # re-entrant: a signal handler may hand off
         self._pending_bytes = 0

@@ -176,6 +176,7 @@ def replay(run: RunData, to: Sequence[str], *, offline: bool = False, log_dir: s
     positions = Positions.load(run.path)
     started = time.monotonic()
     items = [(name, sink, positions.add(sink), 0) for name, sink in sinks]
+    positions.save()
     followers = _follow(run, items, run_info(run, mode), positions, result, out) if items else {}
     took = time.monotonic() - started
     if followers:
