@@ -41,3 +41,4 @@ class LocalSink(Sink):
     def close(self, result: RunResult) -> None:
         if self.log is not None:
             self.log.close()
+            self.log = None  # a batch after close goes nowhere
