@@ -26,7 +26,7 @@ def run(project: str | None = None, name: str | None = None, dir: str | None = N
         config: Mapping[str, Any] | Any = None, tags: Iterable[str] = (),
         capture: Any = None, redact: Iterable[Any] | None = None, mode: str | None = None,
         flush_secs: float | None = None, close_timeout: float | None = None,
-        sync_dist: bool = False) -> Run | NullRun:
+        sync_dist: bool = False, max_pending_mb: float | None = None) -> Run | NullRun:
     """Start a run now; use it as a context manager, or call `finish()` yourself.
 
     Inside an open run this returns that run (nested runs join the outer one); its `config`
@@ -35,7 +35,7 @@ def run(project: str | None = None, name: str | None = None, dir: str | None = N
     """
     options = dict(project=project, name=name, dir=dir, sinks=sinks, log_every=log_every, config=config,
                    tags=tags, capture=capture, redact=redact, mode=mode, flush_secs=flush_secs,
-                   close_timeout=close_timeout, sync_dist=sync_dist)
+                   close_timeout=close_timeout, sync_dist=sync_dist, max_pending_mb=max_pending_mb)
     open_run = run_mod.current()
     if open_run is not None:
         if config is not None:
@@ -67,7 +67,8 @@ def track(wrapped: Callable | None = None, *, project: str | None = None, name: 
           dir: str | None = None, sinks: Iterable[Any] | str | None = None, log_every: int | None = None,
           config: Mapping[str, Any] | Any = None, tags: Iterable[str] = (), capture: Any = None,
           redact: Iterable[Any] | None = None, mode: str | None = None, flush_secs: float | None = None,
-          close_timeout: float | None = None, sync_dist: bool = False) -> Any:
+          close_timeout: float | None = None, sync_dist: bool = False,
+          max_pending_mb: float | None = None) -> Any:
     """Decorate a train function: each call is a run whose config is the call's arguments.
 
     Works bare (``@track``) or with options (``@track(project="x")``) on functions, methods,
@@ -82,10 +83,14 @@ def track(wrapped: Callable | None = None, *, project: str | None = None, name: 
     whenever anything is captured. A name or a collection of names: those only. A mapping
     such as ``{"timing": False}``: everything but the names mapped to False. False: nothing is
     captured, nothing is patched, and `autolog.watch` is ignored.
+
+    max_pending_mb: how much of the hand-offs may wait in memory for the run's log (default
+    256, or ``$AUTOLOG_MAX_PENDING_MB``); past it the training thread waits at the hand-off for
+    the disk (counted in ``meta["handoff_waits"]``, told once).
     """
     options = dict(project=project, name=name, dir=dir, sinks=sinks, log_every=log_every, config=config,
                    tags=tags, capture=capture, redact=redact, mode=mode, flush_secs=flush_secs,
-                   close_timeout=close_timeout, sync_dist=sync_dist)
+                   close_timeout=close_timeout, sync_dist=sync_dist, max_pending_mb=max_pending_mb)
     if wrapped is None:
         return functools.partial(track, **options)
 

@@ -86,22 +86,63 @@ class RaisingSink(Sink):
 
 
 class StallingSink(Sink):
-    """A sink whose `write` blocks until `release()` (failure injection)."""
+    """A sink whose `write` blocks until `release()` (failure injection).
+
+    pid: stall only in that process (None: in every process), so that `autolog sync`, which
+    rebuilds the sink from its options in another process, finishes it. inner: a sink name
+    (with `inner_options`) that receives every call when not stalling -- a stalled TensorBoard
+    or W&B sink, say."""
 
     name = "stalling"
 
-    def __init__(self) -> None:
+    def __init__(self, pid: int | None = None, inner: str | None = None,
+                 inner_options: dict[str, Any] | None = None) -> None:
+        self.pid, self.inner_name, self.inner_options = pid, inner, dict(inner_options or {})
         self.gate = threading.Event()
         self.entered = threading.Event()
         self.writes = 0
+        self.inner: Sink | None = None
+        if inner is not None:
+            from autolog.sinks import sink_class
+
+            self.inner = sink_class(inner)(**self.inner_options)
+
+    def _stalls(self) -> bool:
+        import os
+
+        return self.pid is None or self.pid == os.getpid()
+
+    def open(self, run: RunInfo) -> None:
+        if self.inner is not None:
+            self._stall()  # before the backend starts: a stalled W&B never initialises
+            self.inner.open(run)
+
+    def _stall(self) -> None:
+        if self._stalls():
+            self.entered.set()
+            self.gate.wait()
 
     def write(self, batch: Batch) -> None:
-        self.entered.set()
-        self.gate.wait()
+        self._stall()
         self.writes += 1
+        if self.inner is not None:
+            self.inner.write(batch)
+
+    def close(self, result: RunResult) -> None:
+        if self.inner is not None:
+            self.inner.close(result)
 
     def release(self) -> None:
         self.gate.set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["gate"] = state["entered"] = None  # events do not pickle; rebuilt below
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.gate, self.entered = threading.Event(), threading.Event()
 
 
 try:

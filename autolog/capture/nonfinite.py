@@ -3,8 +3,8 @@
 Gradients: at every optimizer step, the per-parameter gradient norms of watched models are
 checked on the device: a device-side vector holds each parameter's first non-finite step,
 updated with one ``torch.where`` (no value is read). At each hand-off it is reduced on the
-device to the first bad step and parameter, which travel to the host with the hand-off under
-reserved scalar names that `prepare` removes before the sinks see the batch.
+device to the first bad step and parameter, which travel to the host with the hand-off as a
+typed probe (`Batch.probes`, kind ``"nonfinite"``) that no sink or log ever sees.
 
 Losses: every step's ``train/loss`` already travels with the hand-offs; `prepare` scans it.
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 import warnings
 from typing import Any
 
@@ -27,7 +26,7 @@ import torch
 from autolog.capture.errors import NonFiniteError, NonFiniteWarning
 
 POLICIES = ("warn", "raise", "ignore")
-RESERVED = "\x00autolog/nonfinite/"  # scalar names that never reach a sink
+PROBE = "nonfinite"  # the kind of this monitor's `Batch.probes`
 LOSS = "train/loss"
 _NEVER = 2**62  # "no bad step" while reducing
 
@@ -81,9 +80,8 @@ class NonFiniteMonitor:
         the device."""
         if not self.active or not self._groups:
             return
-        wall = time.time()
         for i, pair in enumerate(self._reduced().values()):
-            buffer.vector((f"{RESERVED}step/{i}", f"{RESERVED}param/{i}"), step, pair, wall)
+            buffer.probe(PROBE, i, step, pair)
 
     def _reduced(self) -> dict[torch.device, torch.Tensor]:
         """Per device: a tensor [first bad step, its parameter's index in self.names]."""
@@ -137,26 +135,18 @@ class NonFiniteMonitor:
 
     # -- writer thread -----------------------------------------------------------------------
     def prepare(self, batch: Any) -> None:
-        """Remove the reserved scalars from `batch`, scan its losses, report a first finding."""
-        kept = []
-        pairs: dict[str, dict[str, float]] = {}
-        loss_step = None
-        for point in batch.scalars:
-            name = point[0]
-            if name.startswith(RESERVED):
-                kind, _, index = name[len(RESERVED):].partition("/")
-                pairs.setdefault(index, {})[kind] = point[2]
-                continue
-            if name == LOSS and not math.isfinite(point[2]) and self.active:
-                loss_step = point[1] if loss_step is None else min(loss_step, point[1])
-            kept.append(point)
-        if len(kept) != len(batch.scalars):
-            batch.scalars = kept
+        """Read this monitor's probes of `batch`, scan its losses, report a first finding."""
         if not self.active:
             return
+        loss_step = None
+        for point in batch.scalars:
+            if point[0] == LOSS and not math.isfinite(point[2]):
+                loss_step = point[1] if loss_step is None else min(loss_step, point[1])
         grad = None
-        for pair in pairs.values():
-            s, p = int(pair.get("step", -1)), int(pair.get("param", -1))
+        for probe in batch.probes:
+            if probe.kind != PROBE or len(probe.values) != 2:
+                continue
+            s, p = int(probe.values[0]), int(probe.values[1])
             if s >= 0 and 0 <= p < len(self.names) and (grad is None or s < grad[0]):
                 grad = (s, self.names[p])
         if self._update(loss_step, grad) and not self.announced:

@@ -2,8 +2,8 @@
 optimizer without syncing the device.
 
 On the CPU (and other devices) the host clock is read at each step. On CUDA an event is recorded
-on the current stream at each step; the events travel with the hand-off (as an internal media
-record) and the writer thread reads their elapsed time, when they have long completed.
+on the current stream at each step; the events travel with the hand-off (in the typed control
+field `Batch.timing`, never seen by a sink) and the writer thread reads their elapsed time, when they have long completed.
 The first step has no step time (nothing to measure it from).
 """
 from __future__ import annotations
@@ -13,9 +13,6 @@ from typing import Any
 
 import torch
 
-from autolog.pipeline.records import MediaRecord
-
-INTERNAL = "\x00autolog/timing"  # media kind that never reaches a sink
 STEP_TIME = "perf/step_time"
 SAMPLES_PER_SEC = "perf/samples_per_sec"
 
@@ -49,23 +46,19 @@ class StepTimer:
         """Send the CUDA events recorded since the previous hand-off along with this one."""
         if self._pending:
             pending, self._pending = self._pending, []
-            buffer.add_media(MediaRecord(kind=INTERNAL, name="timing", step=step, wall_time=time.time(),
-                                         data=pending))
+            buffer.add_timing(pending)
 
     @staticmethod
     def prepare(batch: Any) -> None:
-        """On the writer thread: turn the events into scalars; drop the internal records."""
-        if not any(m.kind == INTERNAL for m in batch.media):
+        """On the writer thread: turn the batch's timing events into scalars."""
+        if not batch.timing:
             return
         points = []
-        for record in batch.media:
-            if record.kind != INTERNAL:
-                continue
-            for step, start, end, samples, wall in record.data:
-                end.synchronize()  # long done: the hand-off's own copy came after it
-                seconds = start.elapsed_time(end) / 1000.0
-                points.append((STEP_TIME, step, seconds, wall))
-                if samples and seconds > 0:
-                    points.append((SAMPLES_PER_SEC, step, samples / seconds, wall))
-        batch.media = [m for m in batch.media if m.kind != INTERNAL]
+        for step, start, end, samples, wall in batch.timing:
+            end.synchronize()  # long done: the hand-off's own copy came after it
+            seconds = start.elapsed_time(end) / 1000.0
+            points.append((STEP_TIME, step, seconds, wall))
+            if samples and seconds > 0:
+                points.append((SAMPLES_PER_SEC, step, samples / seconds, wall))
+        batch.timing = []
         batch.scalars = list(batch.scalars) + points

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import math
 
 import os
 import secrets
@@ -30,6 +29,7 @@ from autolog.pipeline.records import Batch, MediaRecord, RunInfo, RunResult
 from autolog.core.redact import Redactor
 from autolog.core.settings import Settings, safe_component
 from autolog.sinks import resolve_sinks
+from autolog.sinks.local import LocalSink
 
 _active: list["Run"] = []  # the stack of open runs of this process (nested calls join the top)
 _all_runs: "weakref.WeakSet[Run]" = weakref.WeakSet()
@@ -148,6 +148,9 @@ class Run:
             self.pipeline = _NullPipeline()
         else:
             sinks = resolve_sinks(s.sinks)  # bad sink names fail before anything is written
+            # "local" is the run's log itself, written for every run whatever `sinks=` says
+            local = [x for x in sinks if isinstance(x, LocalSink)]
+            sinks = [x for x in sinks if not isinstance(x, LocalSink)]
             parent = os.path.join(s.dir, self.project)
             self.id, self.path = new_run_id(parent)
             self.name = s.name or self.id
@@ -157,7 +160,9 @@ class Run:
             info = RunInfo(id=self.id, name=self.name, project=self.project, path=self.path,
                            config=dict(self.config), meta=dict(self.meta), tags=self.tags,
                            mode=None if s.mode == "online" else s.mode)
-            self.pipeline = Pipeline(sinks, info, prepare=self._prepare)
+            self.pipeline = Pipeline(sinks, info, prepare=self._prepare,
+                                     fsync_secs=local[0].fsync_secs if local else 1.0,
+                                     max_pending_mb=s.max_pending_mb)
             if self.coordinator:
                 self.coordinator.share_identity({"id": self.id, "path": self.path, "name": self.name})
         _all_runs.add(self)
@@ -223,13 +228,8 @@ class Run:
             self._buffer.stage(self._step)  # drop: followers write nothing
             return
         self._handoff(force=True)
-        ok = self.pipeline.close(self._result, self.settings.close_timeout)
-        stats = self.pipeline.stats()
-        problems = {k: v for k, v in stats.items() if v["errors"] or v["dropped_batches"]}
-        if problems:
-            self.meta["sink_errors"] = problems
-        if not ok:
-            self.meta["sinks_timed_out"] = True
+        self.pipeline.close(self._result, self.settings.close_timeout)
+        self.meta.update(self.pipeline.meta())
         self.summary = {**self._last_values, **self.summary}
         self._write_record()
         lock_fd, self._lock_fd = self._lock_fd, None  # None first: a fork must never close the
@@ -341,9 +341,6 @@ class Run:
             self._sync_pending.append((name, step, value, reduce))
 
     def _handoff(self, force: bool = False) -> None:
-        if not force and not self.pipeline.has_room():
-            self._last_handoff = -math.inf  # writer behind: keep buffering, retry at the next call
-            return
         self._last_handoff = time.monotonic()
         # Atomic with respect to signals: a Ctrl-C or SIGTERM arriving while the buffer is taken
         # and submitted waits for the batch to be in the pipeline, so it cannot be lost between.
@@ -356,14 +353,29 @@ class Run:
                 self.pipeline.submit(staged)
 
     def _prepare(self, batch: Batch) -> None:
-        """On the writer thread: write media files, track last values, persist config changes."""
+        """On the writer thread: write media files, track last values, persist config changes.
+
+        Each step is guarded: a failing hook or media file costs only itself (counted in
+        ``meta["writer_errors"]``), never the batch."""
         for hook in self._prepare_hooks:
-            hook(batch)
+            try:
+                hook(batch)
+            except Exception as exc:  # noqa: BLE001
+                self.pipeline.writer_error("prepare hook", exc)
         self._last_values.update((name, value) for name, _s, value, _w in batch.scalars)
         if batch.media:
-            batch.media = [self._store_media(m) for m in batch.media]
+            stored = []
+            for record in batch.media:
+                try:
+                    stored.append(self._store_media(record))
+                except Exception as exc:  # noqa: BLE001 -- that record is lost, nothing else
+                    self.pipeline.writer_error(f"{record.kind} {record.name!r}", exc)
+            batch.media = stored
         if batch.config:
-            self._write_record()
+            try:
+                self._write_record()
+            except OSError as exc:
+                self.pipeline.writer_error("run.json", exc)
 
     def _store_media(self, record: MediaRecord) -> MediaRecord:
         if record.kind in ("image", "figure"):
@@ -467,9 +479,6 @@ class _NullPipeline:
 
     closed = False
 
-    def has_room(self) -> bool:
-        return True
-
     def submit(self, staged: Any) -> None:
         pass
 
@@ -481,6 +490,12 @@ class _NullPipeline:
 
     def stats(self) -> dict[str, Any]:
         return {}
+
+    def meta(self) -> dict[str, Any]:
+        return {}
+
+    def writer_error(self, what: str, exc: BaseException) -> None:
+        pass
 
 
 class NullRun:

@@ -14,6 +14,7 @@ DEFAULT_SINKS = ("local", "console")
 DEFAULT_LOG_EVERY = 50
 DEFAULT_FLUSH_SECS = 5.0
 DEFAULT_CLOSE_TIMEOUT = 30.0
+DEFAULT_MAX_PENDING_MB = 256.0  # hand-offs waiting for the log; past it training waits
 MODES = ("online", "offline", "disabled")
 
 ENV = {
@@ -23,6 +24,7 @@ ENV = {
     "mode": "AUTOLOG_MODE",
     "log_every": "AUTOLOG_LOG_EVERY",
     "flush_secs": "AUTOLOG_FLUSH_SECS",
+    "max_pending_mb": "AUTOLOG_MAX_PENDING_MB",
 }
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -51,6 +53,7 @@ class Settings:
     redact: tuple[Any, ...]
     mode: str
     sync_dist: bool = False
+    max_pending_mb: float = DEFAULT_MAX_PENDING_MB
 
     @property
     def disabled(self) -> bool:
@@ -63,9 +66,9 @@ def _positive_int(name: str, value: Any) -> int:
     return value
 
 
-def _positive_float(name: str, value: Any) -> float:
+def _positive_float(name: str, value: Any, what: str = "a positive number of seconds") -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name}: expected a positive number of seconds, got {value!r}")
+        raise ValueError(f"{name}: expected {what}, got {value!r}")
     return float(value)
 
 
@@ -96,7 +99,8 @@ def resolve(project: str | None = None, name: str | None = None, dir: str | os.P
             config: Mapping[str, Any] | None = None, tags: Iterable[str] = (),
             capture: Any = None, redact: Iterable[Any] | None = None,
             mode: str | None = None, flush_secs: float | None = None,
-            close_timeout: float | None = None, sync_dist: bool = False, func: Any = None) -> Settings:
+            close_timeout: float | None = None, sync_dist: bool = False, func: Any = None,
+            max_pending_mb: float | None = None) -> Settings:
     """Settings for a run: each from its argument, else its environment variable, else built-in."""
     mode = mode or _from_env("mode") or "online"
     if mode not in MODES:
@@ -114,6 +118,8 @@ def resolve(project: str | None = None, name: str | None = None, dir: str | os.P
         flush_secs = _from_env("flush_secs", float) or DEFAULT_FLUSH_SECS
     if close_timeout is None:
         close_timeout = DEFAULT_CLOSE_TIMEOUT
+    if max_pending_mb is None:
+        max_pending_mb = _from_env("max_pending_mb", float) or DEFAULT_MAX_PENDING_MB
     if config is not None and not isinstance(config, Mapping) and not dataclasses.is_dataclass(config) \
             and not hasattr(config, "__dict__"):
         raise TypeError(f"config: expected a mapping, dataclass or namespace, got {type(config).__name__}")
@@ -144,4 +150,5 @@ def resolve(project: str | None = None, name: str | None = None, dir: str | os.P
         redact=tuple(redact or ()),
         mode=mode,
         sync_dist=bool(sync_dist),
+        max_pending_mb=_positive_float("max_pending_mb", max_pending_mb, "a positive number of MB"),
     )

@@ -14,9 +14,10 @@ from typing import Any, Sequence
 import torch
 
 from autolog.core.process import deferred_signals  # a leaf module: imports nothing of autolog
-from autolog.pipeline.records import Batch, HistogramRecord, MediaRecord
+from autolog.pipeline.records import Batch, HistogramRecord, MediaRecord, Probe
 
 Number = (int, float)
+POINT_BYTES = 120  # host memory of one pending scalar point (tuple, name ref, floats), estimated
 
 
 class RunBuffer:
@@ -34,6 +35,8 @@ class RunBuffer:
         self.media: list[MediaRecord] = []
         self.config: dict[str, Any] | None = None
         self.prog_bar: set[str] = set()
+        self.probes: list[tuple[str, Any, int, Any]] = []  # control: see `probe`
+        self.timing: list[Any] = []
 
     def reset_after_fork(self) -> None:
         self._lock = threading.RLock()
@@ -66,6 +69,17 @@ class RunBuffer:
         with self._lock:
             self.media.append(record)
 
+    def probe(self, kind: str, key: Any, step: int, values: Any) -> None:
+        """A control value (device tensor or numbers) for a writer-side processor: it travels in
+        `Batch.probes`, never as a scalar a sink could see."""
+        with self._lock:
+            self.probes.append((kind, key, step, values))
+
+    def add_timing(self, events: list[Any]) -> None:
+        """Timing events (CUDA) for the writer-side timer: they travel in `Batch.timing`."""
+        with self._lock:
+            self.timing.extend(events)
+
     def update_config(self, config: dict[str, Any]) -> None:
         with self._lock:
             self.config = {**(self.config or {}), **config}
@@ -79,12 +93,14 @@ class RunBuffer:
     def stage(self, step: int) -> "Staged | None":
         """Take everything pending and start its copy to the host; None when empty."""
         with self._lock:
-            if not (self.scalars or self.vectors or self.histograms or self.media or self.config):
+            if not (self.scalars or self.vectors or self.histograms or self.media or self.config
+                    or self.probes or self.timing):
                 return None
             scalars, vectors, hists = self.scalars, self.vectors, self.histograms
             media, config, prog_bar = self.media, self.config, tuple(sorted(self.prog_bar))
+            probes, timing = self.probes, self.timing
             self._clear()
-        return Staged(scalars, vectors, hists, media, config, prog_bar, step)
+        return Staged(scalars, vectors, hists, media, config, prog_bar, step, probes, timing)
 
 
 def _pack(tensors: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
@@ -126,19 +142,53 @@ class _HostCopy:
             self.host = flat.cpu() if device.type != "cpu" else flat
         self._device_flat = flat  # keeps the source alive until the copy is done
 
-    def values(self) -> list[float]:
+    def values(self) -> list[Any]:
         if self.event is not None:
             self.event.synchronize()
         self._device_flat = None
         return self.host.tolist()
 
 
+class _OneByOne:
+    """The fallback when a device's tensors cannot be packed in one copy (a tensor torch cannot
+    convert): each tensor copied alone; one that fails gives None for its elements, so it costs
+    only its own points (counted as `Batch.dropped_values`)."""
+
+    def __init__(self, tensors: list[torch.Tensor]) -> None:
+        out: list[Any] = []
+        for t in tensors:
+            try:
+                with torch.no_grad():
+                    out.extend(t.detach().reshape(-1).to("cpu", torch.float64).tolist())
+            except Exception:  # noqa: BLE001 -- this value alone is lost, never the batch
+                out.extend([None] * _numel(t))
+        self._values = out
+
+    def values(self) -> list[Any]:
+        return self._values
+
+
+def _numel(t: Any) -> int:
+    try:
+        return int(t.numel())
+    except Exception:  # noqa: BLE001
+        return 1
+
+
+def _host_copy(tensors: list[torch.Tensor]) -> Any:
+    try:
+        return _HostCopy(tensors)
+    except Exception:  # noqa: BLE001 -- never out of the user's optimizer.step()
+        return _OneByOne(tensors)
+
+
 class Staged:
     """A batch whose device values are on their way to the host."""
 
-    def __init__(self, scalars, vectors, hists, media, config, prog_bar, step) -> None:
+    def __init__(self, scalars, vectors, hists, media, config, prog_bar, step, probes=(), timing=()) -> None:
         self.media, self.config, self.prog_bar, self.step = media, config, prog_bar, step
         self.scalars, self.vectors, self.hists = scalars, vectors, hists
+        self.probes, self.timing = list(probes), list(timing)
         # Every tensor, in order, grouped by device: scalars, vectors, then per histogram
         # counts, low, high. `slots` remembers where each went.
         groups: dict[torch.device, list[torch.Tensor]] = {}
@@ -174,11 +224,24 @@ class Staged:
         self.scalar_slots = scalar_slots
         self.vector_slots = [slot(v) for _n, _s, v, _w in vectors]
         self.hist_slots = [(slot(c), slot(lo), slot(hi)) for _n, _s, c, lo, hi, _w in hists]
-        self.copies = {dev: _HostCopy(ts) for dev, ts in groups.items()}
+        self.probe_slots = [slot(v) for _k, _key, _s, v in self.probes]
+        self.copies = {dev: _host_copy(ts) for dev, ts in groups.items()}
+        # host memory this hand-off holds until the writer has logged it (for max_pending_mb)
+        self.nbytes = POINT_BYTES * (len(scalars) + len(hists)) + 8 * sum(sizes.values()) + sum(
+            int(getattr(m.data, "nbytes", 0) or 0) for m in media)
 
     def resolve(self) -> Batch:
-        """The host batch; waits for the device copy (call it off the training thread)."""
-        host = {dev: copy.values() for dev, copy in self.copies.items()}
+        """The host batch; waits for the device copy (call it off the training thread).
+
+        A value that cannot be converted costs that point (or histogram) alone: counted in
+        `Batch.dropped_values`."""
+        host: dict[Any, list[Any]] = {}
+        for dev, copy in self.copies.items():
+            try:
+                host[dev] = copy.values()
+            except Exception:  # noqa: BLE001 -- a failed device copy costs its values only
+                host[dev] = [None] * sum(s[2] for s in self._slots_of(dev))
+        dropped = 0
 
         def get(slot_: Any, value: Any) -> Any:
             if slot_ is None:
@@ -191,20 +254,48 @@ class Staged:
         for (name, step, value, wall), sl in zip(self.scalars, self.scalar_slots):
             if sl is not None:
                 value = host[sl[0]][sl[1]]  # a scalar's first (only) element
-            append((name, int(step), float(value), float(wall)))
+            try:
+                append((name, int(step), float(value), float(wall)))
+            except (TypeError, ValueError, OverflowError):
+                dropped += 1
         for (names, step, value, wall), sl in zip(self.vectors, self.vector_slots):
             vals = get(sl, value)
-            points.extend((n, int(step), float(x), float(wall)) for n, x in zip(names, vals))
+            for n, x in zip(names, vals):
+                try:
+                    append((n, int(step), float(x), float(wall)))
+                except (TypeError, ValueError, OverflowError):
+                    dropped += 1
         histograms = []
         for (name, step, counts, low, high, wall), (sc, sl, sh) in zip(self.hists, self.hist_slots):
-            counts = [float(c) for c in get(sc, counts)]
-            lo = float(get(sl, low)[0] if sl is not None else low)
-            hi = float(get(sh, high)[0] if sh is not None else high)
-            if not hi > lo:
-                hi = lo + 1.0 if lo == lo else hi
-            width = (hi - lo) / len(counts)
-            edges = [lo + i * width for i in range(len(counts))] + [hi]
-            histograms.append(HistogramRecord(name, int(step), edges, counts, float(wall)))
+            try:
+                histograms.append(_histogram(name, step, get(sc, counts), get(sl, low) if sl else low,
+                                             get(sh, high) if sh else high, sl is not None,
+                                             sh is not None, wall))
+            except (TypeError, ValueError, OverflowError, IndexError, ZeroDivisionError):
+                dropped += 1
+        probes = []
+        for (kind, key, step, value), sl in zip(self.probes, self.probe_slots):
+            vals = get(sl, value)
+            if vals is not None and None not in vals:
+                probes.append(Probe(kind, key, int(step), [float(v) for v in vals]))
         self.copies = {}
         return Batch(scalars=points, histograms=histograms, media=list(self.media),
-                     config=self.config, step=self.step, prog_bar=self.prog_bar)
+                     config=self.config, step=self.step, prog_bar=self.prog_bar,
+                     probes=probes, timing=self.timing, dropped_values=dropped)
+
+    def _slots_of(self, dev: Any) -> list[tuple[Any, int, int]]:
+        slots = [s for s in self.scalar_slots + self.vector_slots + self.probe_slots if s]
+        slots += [s for triple in self.hist_slots for s in triple if s]
+        return [s for s in slots if s[0] == dev]
+
+
+def _histogram(name: str, step: int, counts: Any, low: Any, high: Any, low_dev: bool,
+               high_dev: bool, wall: float) -> HistogramRecord:
+    counts = [float(c) for c in counts]
+    lo = float(low[0] if low_dev else low)
+    hi = float(high[0] if high_dev else high)
+    if not hi > lo:
+        hi = lo + 1.0 if lo == lo else hi
+    width = (hi - lo) / len(counts)
+    edges = [lo + i * width for i in range(len(counts))] + [hi]
+    return HistogramRecord(name, int(step), edges, counts, float(wall))

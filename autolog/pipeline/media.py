@@ -1,6 +1,8 @@
-"""Converting images and figures to uint8 HWC arrays (on the calling thread)."""
+"""Converting images and figures to uint8 HWC arrays (on the calling thread), and back from the
+run's PNG files when a batch is read from the log."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -48,3 +50,40 @@ def figure_array(figure: Any, name: str = "figure") -> np.ndarray:
         canvas = FigureCanvasAgg(figure)
     canvas.draw()
     return np.array(canvas.buffer_rgba(), dtype=np.uint8)
+
+
+def decode_png(path: str) -> np.ndarray:
+    """A PNG file as a uint8 HWC array (needs Pillow: ``autolog[media]``)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        if img.mode not in ("L", "LA", "RGB", "RGBA"):
+            img = img.convert("RGBA" if "transparency" in img.info or "A" in img.mode else "RGB")
+        arr = np.asarray(img, dtype=np.uint8)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def load_media(batch: Any, run_path: str, note: Any = None) -> Any:
+    """`batch` read back from the log with its images and figures decoded from their PNG files
+    (what a live sink got); a file that is missing or unreadable drops that record only, with a
+    `note(message)`."""
+    if not any(m.kind in ("image", "figure") and m.data is None for m in batch.media):
+        return batch
+    import dataclasses
+
+    kept = []
+    for record in batch.media:
+        if record.kind not in ("image", "figure") or record.data is not None:
+            kept.append(record)
+            continue
+        file = os.path.join(run_path, record.path) if record.path else ""
+        try:
+            kept.append(dataclasses.replace(record, data=decode_png(file)))
+        except ImportError:
+            if note:
+                note(f"{record.kind}s skipped: decoding them needs Pillow (pip install 'autolog[media]')")
+        except Exception as exc:  # noqa: BLE001 -- one unreadable file costs that record only
+            if note:
+                note(f"{record.kind} {record.name!r} at step {record.step}: cannot read {record.path!r}: {exc}; skipped")
+    batch.media = kept
+    return batch

@@ -24,6 +24,7 @@ class RunInfo:
     meta: dict[str, Any]
     tags: tuple[str, ...] = ()
     mode: str | None = None  # "offline" is honoured by sinks that know it
+    resumed: bool = False  # True when `autolog sync` continues a sink's earlier output: append to it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +55,26 @@ class MediaRecord:
     path: str | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """A control value travelling with a hand-off (e.g. the non-finite monitor's first bad step
+    and parameter per device): `values` are host numbers once the batch is resolved."""
+
+    kind: str
+    key: Any
+    step: int
+    values: list[float]
+
+
 @dataclasses.dataclass
 class Batch:
-    """One hand-off from the training thread: everything captured since the previous one."""
+    """One hand-off from the training thread: everything captured since the previous one.
+
+    `scalars`, `histograms`, `media`, `config` are the data every sink and the log see. The
+    control fields (`probes`, `timing`) are typed findings for the writer-side processors
+    (`autolog.capture`); the writer empties them before the log or any sink sees the batch
+    (`public`), so no internal record can ever reach a sink.
+    """
 
     scalars: list[ScalarPoint] = dataclasses.field(default_factory=list)
     histograms: list[HistogramRecord] = dataclasses.field(default_factory=list)
@@ -64,9 +82,19 @@ class Batch:
     config: dict[str, Any] | None = None  # config keys added or changed since the last batch
     step: int = 0  # the run's step when the batch was handed off
     prog_bar: tuple[str, ...] = ()  # scalar names marked with autolog.log(..., prog_bar=True)
+    # -- control (never seen by a sink) --
+    probes: list[Probe] = dataclasses.field(default_factory=list)
+    timing: list[Any] = dataclasses.field(default_factory=list)  # (step, start, end, samples, wall)
+    dropped_values: int = 0  # values that could not be converted (each costs only itself)
 
     def __bool__(self) -> bool:
         return bool(self.scalars or self.histograms or self.media or self.config)
+
+    def public(self) -> "Batch":
+        """This batch with its control fields emptied (what the log and the sinks get)."""
+        if self.probes or self.timing or self.dropped_values:
+            self.probes, self.timing, self.dropped_values = [], [], 0
+        return self
 
 
 @dataclasses.dataclass(frozen=True)

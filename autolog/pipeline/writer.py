@@ -1,10 +1,17 @@
-"""The record pipeline: a bounded queue of staged batches, one writer thread that resolves each
-to host values, and one delivery thread per sink so that a stalled sink never starves the others.
+"""The writer: the run's log first, then every sink follows it.
 
-Nothing here blocks the training thread. When the writer's queue is full the run postpones its
-hand-off (it keeps buffering, nothing is lost); when one sink's queue is full, that sink loses
-its oldest batch (counted in `meta["sink_errors"]`), the others get everything. Sink errors are
-caught, counted, reported once on stderr, and kept for `meta`.
+One writer thread takes the staged hand-offs in order, resolves each to host values, runs the
+writer-side processors (media files, the capture's non-finite and timing processors), empties
+the batch's control fields, and appends it to the run's ``events.alog`` (`EventLog`) -- the
+system of record -- before anything else happens to it. Then it offers the batch to one
+`Follower` per sink, which delivers it at the sink's own pace (see `autolog.pipeline.follower`).
+
+Nothing is dropped for the log: hand-offs wait in memory for the writer. Past `max_pending_mb`
+of pending hand-offs (the disk cannot keep up) the training thread waits at the hand-off until
+the writer catches up -- the only place autolog ever blocks training; counted in
+``meta["handoff_waits"]`` and told once. A failure of a processor or a conversion costs only that
+record (counted in ``meta["writer_errors"]`` / ``meta["dropped_values"]``, told once); a sink's
+failure costs only that sink (``meta["sink_errors"]``).
 """
 from __future__ import annotations
 
@@ -15,63 +22,13 @@ import time
 import traceback
 from typing import Any, Callable
 
+from autolog.store.log import EventLog
+from autolog.pipeline.follower import Follower, Positions
 from autolog.pipeline.records import Batch, RunInfo, RunResult
 from autolog.sinks.base import Sink
 
-QUEUE_SIZE = 256  # batches; a batch is everything since the previous hand-off
-
-
-class _BoundedQueue:
-    """A deque that drops its oldest item when full and counts the drops; `done` counts items
-    taken and fully handled, so a caller can wait for everything put so far."""
-
-    def __init__(self, size: int) -> None:
-        self.items: collections.deque = collections.deque()
-        self.size = size
-        self.cond = threading.Condition(threading.Lock())
-        self.put_count = 0
-        self.done_count = 0
-        self.dropped = 0
-        self.closed = False
-
-    def full(self) -> bool:
-        return len(self.items) >= self.size
-
-    def put(self, item: Any, force: bool = False) -> None:
-        with self.cond:
-            if len(self.items) >= self.size and not force:
-                self.items.popleft()
-                self.dropped += 1
-                self.done_count += 1
-            self.items.append(item)
-            self.put_count += 1
-            self.cond.notify_all()
-
-    def get(self) -> Any:
-        """The next item, or None once closed and empty."""
-        with self.cond:
-            while not self.items and not self.closed:
-                self.cond.wait()
-            return self.items.popleft() if self.items else None
-
-    def task_done(self) -> None:
-        with self.cond:
-            self.done_count += 1
-            self.cond.notify_all()
-
-    def wait_for(self, count: int, deadline: float) -> bool:
-        with self.cond:
-            while self.done_count < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self.cond.wait(left)
-            return True
-
-    def close(self) -> None:
-        with self.cond:
-            self.closed = True
-            self.cond.notify_all()
+DEFAULT_MAX_PENDING_MB = 256.0
+_I64 = (-2**63, 2**63 - 1)  # the steps the log can store
 
 
 class _Close:
@@ -79,126 +36,224 @@ class _Close:
         self.make_result = make_result
 
 
-class SinkWorker:
-    """Delivers batches to one sink on its own daemon thread."""
-
-    def __init__(self, sink: Sink, info: RunInfo, report: Callable[[str, str, BaseException], None]) -> None:
-        self.sink = sink
-        self.info = info
-        self.report = report
-        self.queue = _BoundedQueue(QUEUE_SIZE)
-        self.errors = 0
-        self.first_error: str | None = None
-        self.opened = False
-        self.thread = threading.Thread(target=self._loop, name=f"autolog-sink-{sink.name}", daemon=True)
-        self.thread.start()
-
-    def _call(self, what: str, fn: Callable, *args: Any) -> bool:
-        try:
-            fn(*args)
-            return True
-        except BaseException as exc:  # noqa: BLE001 -- a sink must never take the run down
-            self.errors += 1
-            if self.first_error is None:
-                self.first_error = f"{what}: {type(exc).__name__}: {exc}"
-                self.report(self.sink.name, what, exc)
-            return False
-
-    def _loop(self) -> None:
-        self.opened = self._call("open", self.sink.open, self.info)
-        while True:
-            item = self.queue.get()
-            if item is None:
-                return
-            try:
-                if isinstance(item, RunResult):
-                    if self.opened:
-                        self._call("close", self.sink.close, item)
-                    return
-                if self.opened:
-                    self._call("write", self.sink.write, item)
-            finally:
-                self.queue.task_done()
-
-    def stats(self) -> dict[str, Any]:
-        return {"errors": self.errors, "first_error": self.first_error, "dropped_batches": self.queue.dropped}
-
-
 class Pipeline:
-    """Staged batches in, sink calls out, on threads of its own."""
+    """Staged hand-offs in; the log written, then sink calls out, on threads of their own."""
 
-    def __init__(self, sinks: list[Sink], info: RunInfo, prepare: Callable[[Batch], None] | None = None) -> None:
+    def __init__(self, sinks: list[Sink], info: RunInfo, prepare: Callable[[Batch], None] | None = None,
+                 fsync_secs: float = 1.0, max_pending_mb: float = DEFAULT_MAX_PENDING_MB) -> None:
         self.info = info
-        self.prepare = prepare  # runs on the writer thread before fan-out (e.g. writes media files)
+        self.prepare = prepare  # runs on the writer thread before the batch is logged
+        self.max_pending = int(max_pending_mb * 2**20)
         self._reported: set[str] = set()
-        self.workers = [SinkWorker(s, info, self._report) for s in sinks]
-        self.queue = _BoundedQueue(QUEUE_SIZE)
+        self.log = EventLog(info.path, fsync_secs)
+        self.log_end = self._start_offset()
+        self.positions = Positions(info.path)
+        self.followers = [Follower(s, info, self.positions, self._report, start=self.log_end) for s in sinks]
+        self.positions.save()
+        self._queue: collections.deque = collections.deque()
+        self._cond = threading.Condition(threading.RLock())  # re-entrant: a signal handler may hand off
+        self._pending_bytes = 0
+        self._submitted = 0
+        self._logged = 0
+        self.handoff_waits = 0
+        self.handoff_wait_secs = 0.0
         self.writer_errors = 0
+        self.first_writer_error: str | None = None
+        self.dropped_values = 0
+        self.closed = False
         self.thread = threading.Thread(target=self._loop, name="autolog-writer", daemon=True)
         self.thread.start()
-        self.closed = False
 
+    def _start_offset(self) -> int:
+        import os
+
+        try:
+            return os.path.getsize(self.log.path)
+        except OSError:
+            return 0
+
+    # -- reporting ----------------------------------------------------------------------------
     def _report(self, sink: str, what: str, exc: BaseException) -> None:
         if sink in self._reported:
             return
         self._reported.add(sink)
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        print(f"autolog: sink {sink!r} failed in {what}() and is isolated; the run and the other "
-              f"sinks go on. {detail}", file=sys.stderr)
+        print(f"autolog: sink {sink!r} failed in {what}() and is isolated; the run, its log and the "
+              f"other sinks go on. {detail}", file=sys.stderr)
 
+    def writer_error(self, what: str, exc: BaseException) -> None:
+        """A processor or conversion failed on the writer thread: it cost one record; count it,
+        tell it once."""
+        self.writer_errors += 1
+        if self.first_writer_error is None:
+            self.first_writer_error = f"{what}: {type(exc).__name__}: {exc}"
+            print(f"autolog: the writer could not handle a record ({what}: {type(exc).__name__}: "
+                  f"{exc}); that record is skipped, the run goes on (counted in "
+                  f"meta['writer_errors'])", file=sys.stderr)
+
+    # -- training thread ------------------------------------------------------------------------
+    def submit(self, staged: Any) -> None:
+        """Hand a staged batch on. Waits only while more than `max_pending_mb` is pending."""
+        with self._cond:
+            if self.closed:
+                return
+            self._queue.append(staged)
+            self._submitted += 1
+            self._pending_bytes += int(getattr(staged, "nbytes", 0))
+            self._cond.notify_all()
+            if self._pending_bytes > self.max_pending and self.thread.is_alive():
+                self._wait_for_room()
+
+    def _wait_for_room(self) -> None:
+        if self.handoff_waits == 0:
+            print(f"autolog: the run's log cannot keep up (slow disk?): more than "
+                  f"{self.max_pending / 2**20:g} MB of hand-offs are pending, so training waits at "
+                  f"the hand-off until they are written (counted in meta['handoff_waits']; raise "
+                  f"max_pending_mb to wait less)", file=sys.stderr)
+        self.handoff_waits += 1
+        self._cond.notify_all()  # (lets a test see the wait begin)
+        started = time.monotonic()
+        while self._pending_bytes > self.max_pending and self.thread.is_alive():
+            self._cond.wait(1.0)
+        self.handoff_wait_secs += time.monotonic() - started
+
+    # -- writer thread --------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
-            item = self.queue.get()
-            if item is None:
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+                item = self._queue[0]
+            if isinstance(item, _Close):
+                self._finish(item)
                 return
             try:
-                if isinstance(item, _Close):
-                    result = item.make_result()
-                    for w in self.workers:
-                        w.queue.put(result)
-                    continue
-                batch = item.resolve()
-                if self.prepare is not None:
-                    self.prepare(batch)
-                for w in self.workers:
-                    w.queue.put(batch)
-            except BaseException as exc:  # noqa: BLE001
-                self.writer_errors += 1
-                self._report("writer", "resolve", exc)
+                self._write(item)
+            except Exception as exc:  # noqa: BLE001 -- the writer thread must live on
+                self.writer_error("write", exc)
             finally:
-                self.queue.task_done()
+                with self._cond:
+                    self._queue.popleft()
+                    self._pending_bytes -= int(getattr(item, "nbytes", 0))
+                    self._logged += 1
+                    self._cond.notify_all()
 
-    def has_room(self) -> bool:
-        """False while the writer is behind: the run then keeps buffering (no loss, no block)."""
-        return not self.queue.full()
+    def _write(self, staged: Any) -> None:
+        try:
+            batch = staged.resolve()
+        except Exception as exc:  # noqa: BLE001 -- a conversion bug costs this hand-off, not the run
+            self.writer_error("resolve", exc)
+            return
+        if self.prepare is not None:
+            try:
+                self.prepare(batch)
+            except Exception as exc:  # noqa: BLE001
+                self.writer_error("prepare", exc)
+        self.dropped_values += batch.dropped_values
+        batch.public()  # control fields never reach the log or a sink
+        start = self.log_end
+        end = self._append(batch)
+        if end is not None:
+            self.log_end = end
+        for follower in self.followers:
+            follower.offer(batch, start, self.log_end)
 
-    def submit(self, staged: Any) -> None:
-        """Hand a staged batch on; never blocks."""
-        if not self.closed:
-            self.queue.put(staged, force=True)
+    def _append(self, batch: Batch) -> int | None:
+        """Append to the log; a value the log cannot encode (a step outside int64) costs that
+        point alone: it is counted in `dropped_values` and the rest is appended."""
+        try:
+            return self.log.append(batch)
+        except (OverflowError, ValueError, TypeError):
+            pass
+        lo, hi = _I64
+        scalars = [p for p in batch.scalars if lo <= p[1] <= hi]
+        hists = [h for h in batch.histograms if lo <= h.step <= hi]
+        media = [m for m in batch.media if lo <= m.step <= hi]
+        self.dropped_values += (len(batch.scalars) - len(scalars) + len(batch.histograms) - len(hists)
+                                + len(batch.media) - len(media))
+        batch.scalars, batch.histograms, batch.media = scalars, hists, media
+        try:
+            return self.log.append(batch)
+        except Exception as exc:  # noqa: BLE001 -- the log must go on for the next batch
+            self.writer_error("log", exc)
+            return None
+
+    def _finish(self, item: _Close) -> None:
+        try:
+            result = item.make_result()
+        except Exception as exc:  # noqa: BLE001
+            self.writer_error("result", exc)
+            result = RunResult("failed", {}, {}, {})
+        self.log.close()
+        for follower in self.followers:
+            follower.finish(result)
+        with self._cond:
+            self._queue.popleft()
+            self._logged += 1
+            self._cond.notify_all()
+
+    # -- waiting ------------------------------------------------------------------------------------
+    def _wait_logged(self, count: int, deadline: float | None) -> bool:
+        with self._cond:
+            while self._logged < count and self.thread.is_alive():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left if left is not None else 1.0)
+            return self._logged >= count
 
     def wait(self, timeout: float) -> bool:
-        """Block until every sink has handled every batch submitted so far (or `timeout`)."""
+        """Block until the log and every sink have every batch submitted so far (or `timeout`)."""
         deadline = time.monotonic() + timeout
-        if not self.queue.wait_for(self.queue.put_count, deadline):
+        if not self._wait_logged(self._submitted, deadline):
             return False
         ok = True
-        for w in self.workers:
-            ok = w.queue.wait_for(w.queue.put_count, deadline) and ok
+        for follower in self.followers:
+            ok = follower.caught_up(deadline) and ok
         return ok
 
     def close(self, make_result: Callable[[], RunResult], timeout: float) -> bool:
-        """Deliver the run's result to every sink and wait for them, all sharing one deadline.
-
-        `make_result` runs on the writer thread after every earlier batch was resolved, so the
-        result can summarise all of them."""
-        self.closed = True
-        self.queue.put(_Close(make_result), force=True)
-        ok = self.wait(timeout)
-        self.queue.close()
-        for w in self.workers:
-            w.queue.close()
+        """Write everything left to the log (no time limit: the log is never dropped), then give
+        the sinks `timeout` seconds together to catch up and close. A sink still behind is left
+        where it is (its position stays in ``sinks.json``; `autolog sync` finishes it)."""
+        with self._cond:
+            if self.closed:
+                return True
+            self.closed = True
+            self._queue.append(_Close(make_result))
+            self._submitted += 1
+            self._cond.notify_all()
+        self._wait_logged(self._submitted, None)
+        deadline = time.monotonic() + timeout
+        ok = True
+        for follower in self.followers:
+            if not follower.caught_up(deadline):
+                follower.abandon()
+                ok = False
         return ok
 
+    def timed_out(self) -> list[str]:
+        """Names of the sinks that had not finished at close."""
+        return [f.sink.name for f in self.followers if not f.done]
+
     def stats(self) -> dict[str, Any]:
-        return {w.sink.name: w.stats() for w in self.workers}
+        return {f.sink.name: f.stats() for f in self.followers}
+
+    def meta(self) -> dict[str, Any]:
+        """What the run records about its pipeline in ``meta`` (only what happened)."""
+        out: dict[str, Any] = {}
+        problems = {k: v for k, v in self.stats().items() if v["errors"]}
+        if problems:
+            out["sink_errors"] = problems
+        late = self.timed_out()
+        if late:
+            out["sinks_timed_out"] = late
+        if self.writer_errors:
+            out["writer_errors"] = {"count": self.writer_errors, "first_error": self.first_writer_error}
+        if self.dropped_values:
+            out["dropped_values"] = self.dropped_values
+        if self.handoff_waits:
+            out["handoff_waits"] = {"count": self.handoff_waits, "seconds": round(self.handoff_wait_secs, 3)}
+        if self.log.errors:
+            out["store_errors"] = dict(self.log.errors)
+        return out

@@ -145,6 +145,7 @@ class ConsoleSink(Sink):
     """
 
     name = "console"
+    syncable = False  # a live display: `autolog sync` has nothing to finish for it
     #: extra scalar names to show on the bar; subclass or pass ``keys=`` to change
     keys: tuple[str, ...] = ()
 
@@ -167,6 +168,17 @@ class ConsoleSink(Sink):
         self._lock: Any = threading.RLock()
         self._line_t = self._line_step = 0.0
         self._start = time.monotonic()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable before open: the stream, the bar and the lock are taken again at open."""
+        state = dict(self.__dict__)
+        state.update(stream=None, _bar=None, _proxies={}, _lock=None, mode=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.stream = sys.stderr
+        self._lock = threading.RLock()
 
     # -- Sink -----------------------------------------------------------------------------
 

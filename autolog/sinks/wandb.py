@@ -197,6 +197,8 @@ class WandbSink(Sink):
         import wandb
 
         run = self.wandb_run
+        if run is None:
+            raise RuntimeError("WandbSink.write outside open()..close(): no W&B run is open")
         if batch.config:
             run.config.update(dict(batch.config), allow_val_change=True)
         rows: dict[int, dict[str, Any]] = defaultdict(dict)

@@ -158,12 +158,13 @@ def encode_media(items: list[dict[str, Any]]) -> bytes:
     return _record(b"M", {"items": items}) if items else b""
 
 
-def iter_records(data: bytes) -> Iterator[tuple[bytes, dict[str, Any], memoryview]]:
-    """(kind, header, array bytes) for every intact record; stops at the first torn one."""
+def iter_records(data: bytes, start: int = 0) -> Iterator[tuple[bytes, dict[str, Any], memoryview, int]]:
+    """(kind, header, array bytes, end offset) for every intact record from offset `start`;
+    stops at the first torn one."""
     if not data.startswith(MAGIC):
         return
     view = memoryview(data)
-    pos, end = len(MAGIC), len(data)
+    pos, end = max(start, len(MAGIC)), len(data)
     while pos + _REC.size <= end:
         length, crc = _REC.unpack_from(data, pos)
         start = pos + _REC.size
@@ -177,7 +178,7 @@ def iter_records(data: bytes) -> Iterator[tuple[bytes, dict[str, Any], memoryvie
             header = json.loads(bytes(payload[5:5 + hlen]))
         except ValueError:
             return
-        yield bytes(payload[:1]), header, payload[5 + hlen:]
+        yield bytes(payload[:1]), header, payload[5 + hlen:], start + length
         pos = start + length
 
 
@@ -215,8 +216,8 @@ def encode_png(image: np.ndarray) -> bytes:
             + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
 
 
-class EventLog:
-    """Everything intact in a run's ``events.alog``, in log order.
+class LogArrays:
+    """Everything intact in a run's ``events.alog``, in log order, as columns.
 
     Scalars as parallel arrays (``keys`` indexes ``names``), histograms as (item header, edges,
     counts), media as their index entries. Shared by `read_run` and the replay."""
@@ -231,7 +232,7 @@ class EventLog:
         parts: tuple[list, list, list, list] = ([], [], [], [])
         self.histograms: list[tuple[dict[str, Any], list[float], list[float]]] = []
         self.media: list[dict[str, Any]] = []
-        for kind, header, body in iter_records(data):
+        for kind, header, body, _end in iter_records(data):
             if kind == b"S":
                 names, idx, steps, values, walls = decode_scalars(header, body)
                 remap = np.asarray([index.setdefault(n, len(index)) for n in names], dtype=np.int64)

@@ -57,7 +57,7 @@ class RunData:
 
     @cached_property
     def _events(self) -> tuple[dict, dict, list]:
-        log = store.EventLog(os.path.join(self.path, store.EVENTS_FILE))
+        log = store.LogArrays(os.path.join(self.path, store.EVENTS_FILE))
         histograms: dict[str, list[tuple[int, list[float], list[float]]]] = {}
         for item, edges, counts in log.histograms:
             histograms.setdefault(item["name"], []).append((int(item["step"]), edges, counts))

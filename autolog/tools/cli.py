@@ -1,4 +1,4 @@
-"""The `autolog` command: demo, list, show, compare, plot, replay.
+"""The `autolog` command: demo, list, show, compare, plot, replay, sync.
 
 Exit statuses: 0 done; 1 an error (no such run, no such metric, a refused target...); 2 a usage
 error (argparse's), including a run reference that matches several runs; 141 (128 + SIGPIPE, what
@@ -244,6 +244,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise SystemExit(f"autolog replay: {exc}") from exc
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    from autolog.tools.replay import sync
+
+    return max(sync(_find(ref, args.dir)) for ref in args.runs)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="autolog", description="autolog: look at tracked runs")
     parser.add_argument("--dir", default=None, help="runs directory (default $AUTOLOG_DIR or ./runs)")
@@ -281,7 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     rep.add_argument("--force", action="store_true",
                      help="write even where this run's TensorBoard or W&B output already is")
     rep.set_defaults(func=cmd_replay)
-    for p in (demo, lst, show, compare, plot, rep):
+    syn = sub.add_parser("sync", help="finish the sinks that did not get everything live, from the run's log")
+    syn.add_argument("runs", nargs="+", metavar="RUN")
+    syn.set_defaults(func=cmd_sync)
+    for p in (demo, lst, show, compare, plot, rep, syn):
         p.add_argument("--dir", default=argparse.SUPPRESS, help="runs directory")
     args = parser.parse_args(argv)
     if args.command == "demo" and args.dir is None:

@@ -1,54 +1,51 @@
-"""Replaying a stored run into sinks: ``autolog replay RUN --to tensorboard --to wandb``.
+"""Finishing sinks from the run's log: ``autolog sync RUN`` and ``autolog replay RUN --to ...``.
 
-The run is read from its local store and handed to each sink the way a live run would have
-handed it: ``open(RunInfo)``, then `Batch`es in step order, then ``close(RunResult)``. Sinks
-write where they would have written live (TensorBoard: ``<run>/tensorboard``, CSV:
-``<run>/metrics.csv``, W&B: ``<run>/wandb``), with the same run id, name, project, tags, config
-and meta.
+Both are the live pipeline's own reader: a `Follower` per sink reads ``events.alog`` from a
+position, exactly as a live sink that fell behind does (`autolog.pipeline.follower`).
+
+- **sync** finishes every sink of the run that did not finish live (``sinks.json``: still
+  behind at ``close_timeout``, or the process died): each is rebuilt from its recorded class and
+  options, opened with ``RunInfo.resumed=True`` (so it appends to what it wrote live) and fed the
+  log from its recorded position to the end, then closed with the run's result. Every point
+  exactly once: the position moves only after each write. Sinks that only make sense live (the
+  console) are skipped; a sink that cannot be rebuilt (options that are not JSON, a class
+  defined in a function) is reported and left unfinished.
+- **replay** writes the whole run into new sinks, by name: ``open(RunInfo)``, every record of
+  the log in log order (the order the live sinks got them; wall times are the live run's), then
+  ``close(RunResult)``. Sinks write where they would have written live (TensorBoard:
+  ``<run>/tensorboard``, CSV: ``<run>/metrics.csv``, W&B: ``<run>/wandb``). Replay targets are
+  recorded in ``sinks.json`` too, so an interrupted replay is finished by ``autolog sync``.
 
 Choices:
 
-- Scalars and histograms keep their original wall times (read from the record log, which
-  `RunData.metrics` does not expose), so TensorBoard's time axes match the live run.
-- Batches hold whole steps, about `CHUNK` scalar points each (more when one step alone has
-  more), so a step's values are never split across two batches (one CSV row per step, one W&B
-  history row per step). W&B gets every step in ascending order, even points logged live with
-  an explicit lower step, which a live W&B sink had to drop.
-- Images and figures are decoded from their PNG files (Pillow) into uint8 HWC arrays, with
-  ``path`` kept so TensorBoard reuses the PNG bytes. Without Pillow they are skipped, with a
-  note. Texts go as kind ``"text"``; a model graph as kind ``"graph"`` with its printed form
-  only (the store keeps no TensorBoard GraphDef).
+- Images and figures are decoded from their PNG files (Pillow) with ``path`` kept; without
+  Pillow, or with a file missing, that record is skipped with a note.
 - Status: sinks know ``finished``, ``failed`` and ``interrupted``. A ``crashed`` run (the writer
-  died without closing) is sent as ``failed``; a run still ``running`` (replayed while it
-  writes: only what is stored so far) as ``interrupted``. See `STATUS_MAP`.
-- A target that already holds this run's output is refused unless ``force``: TensorBoard event
-  files in the target directory (a second event file would make TensorBoard show every point
-  twice; write elsewhere with ``log_dir``), or a W&B run directory with the same id under
-  ``<run>/wandb``. The CSV file is simply rewritten (same content). ``local`` is refused: the
-  run is already in the local store.
-- A sink that fails is reported once and left out from then on (closed if it opened); the
-  other sinks go on, as in a live run.
+  died without closing) is sent as ``failed``; a run still ``running`` as ``interrupted``
+  (`STATUS_MAP`). `sync` refuses a run whose writer is still alive.
+- Replay refuses a target that already holds this run's output unless ``force``: TensorBoard
+  event files in the target directory (a second file would show every point twice; write
+  elsewhere with ``log_dir``), or a W&B run with the same id under ``<run>/wandb``. ``local``
+  is refused (the run is its log). Each target is done if it can be; every refusal is reported
+  and makes the exit status 1.
+- A sink that fails is reported once and counted; the other sinks go on, as in a live run.
 """
 from __future__ import annotations
 
+import difflib
 import glob
 import os
 import sys
 import time
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
-import numpy as np
-
+from autolog.pipeline.follower import Follower, Positions, build_sink
+from autolog.pipeline.records import RunInfo, RunResult
+from autolog.sinks import Sink, available_sinks, sink_class
 from autolog.store import format as store
 from autolog.store.reader import RunData
-from autolog.pipeline.records import Batch, HistogramRecord, MediaRecord, RunInfo, RunResult
-from autolog.sinks import Sink, sink_class
 
-__all__ = ["replay", "batches", "run_info", "run_result", "STATUS_MAP", "CHUNK", "ReplayError"]
-
-CHUNK = 10_000  # scalar points per batch (whole steps: a batch may hold more)
-HIST_CHUNK = 1_000  # histograms per batch
-MEDIA_CHUNK = 100  # media records per batch (images are decoded one batch at a time)
+__all__ = ["replay", "sync", "run_info", "run_result", "STATUS_MAP", "ReplayError"]
 
 #: stored status -> the status the sinks get (they know finished, failed and interrupted)
 STATUS_MAP = {"finished": "finished", "failed": "failed", "interrupted": "interrupted",
@@ -56,13 +53,14 @@ STATUS_MAP = {"finished": "finished", "failed": "failed", "interrupted": "interr
 
 
 class ReplayError(Exception):
-    """The replay cannot start (unknown sink, target already written...): nothing was written."""
+    """A target cannot be written (unknown sink, already written...): nothing went to it."""
 
 
-def run_info(run: RunData, mode: str | None = None) -> RunInfo:
+def run_info(run: RunData, mode: str | None = None, resumed: bool = False) -> RunInfo:
     """The `RunInfo` the live run gave its sinks."""
     return RunInfo(id=run.id, name=run.name, project=run.project, path=run.path,
-                   config=dict(run.config), meta=dict(run.meta), tags=tuple(run.tags), mode=mode)
+                   config=dict(run.config), meta=dict(run.meta), tags=tuple(run.tags), mode=mode,
+                   resumed=resumed)
 
 
 def run_result(run: RunData) -> RunResult:
@@ -71,90 +69,65 @@ def run_result(run: RunData) -> RunResult:
                      meta=dict(run.meta), config=dict(run.config))
 
 
-# ------------------------------------------------------------------------ reading the log
-
-def _read_log(run: RunData) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray,
-                                     list[HistogramRecord]]:
-    """Every scalar point (name index, step, value, wall) and histogram, with wall times."""
-    log = store.EventLog(os.path.join(run.path, store.EVENTS_FILE))
-    histograms = [HistogramRecord(item["name"], int(item["step"]), edges, counts, float(item.get("wall", 0.0)))
-                  for item, edges, counts in log.histograms]
-    order = np.argsort(log.steps, kind="stable")  # step order; log order within a step
-    k, s, v, w = (a[order] for a in (log.keys, log.steps, log.values, log.walls))
-    histograms.sort(key=lambda h: h.step)  # stable: log order within a step
-    return log.names, k, s, v, w, histograms
+def _log_path(run: RunData) -> str:
+    return os.path.join(run.path, store.EVENTS_FILE)
 
 
-def _decode_png(path: str) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        if img.mode not in ("L", "LA", "RGB", "RGBA"):
-            img = img.convert("RGBA" if "transparency" in img.info or "A" in img.mode else "RGB")
-        arr = np.asarray(img, dtype=np.uint8)
-    return arr[:, :, None] if arr.ndim == 2 else arr
+def _log_size(run: RunData) -> int:
+    try:
+        return os.path.getsize(_log_path(run))
+    except OSError:
+        return 0
 
 
-def _media_record(run: RunData, item: dict[str, Any],
-                  note: Callable[[str], None]) -> MediaRecord | None:
-    kind, name = item.get("kind", ""), item.get("name", "")
-    step, wall = int(item.get("step", 0)), float(item.get("wall", 0.0))
-    if kind in ("image", "figure"):
-        rel = item.get("path")
-        file = os.path.join(run.path, rel) if rel else ""
-        if not rel or not os.path.isfile(file):
-            note(f"{kind} {name!r} at step {step}: file {rel!r} missing, skipped")
-            return None
-        try:
-            data = _decode_png(file)
-        except ImportError:
-            note(f"{kind}s skipped: decoding them needs Pillow (pip install 'autolog[media]')")
-            return None
-        except Exception as exc:  # noqa: BLE001 -- one unreadable file must not stop the replay
-            note(f"{kind} {name!r} at step {step}: cannot read {rel}: {exc}; skipped")
-            return None
-        return MediaRecord(kind, name, step, wall, data=data, path=rel)
-    if kind == "graph":
-        return MediaRecord(kind, name, step, wall, data={"text": item.get("text") or ""})
-    return MediaRecord(kind, name, step, wall, data=item.get("text"), path=item.get("path"))
+def _follow(run: RunData, items: list[tuple[str, Sink, dict[str, Any], int]], info: RunInfo,
+            positions: Positions, result: RunResult, out: Callable[[str], None]) -> dict[str, Follower]:
+    """Feed each sink the log from its position to the end and close it; the live code path."""
+    notes: set[str] = set()
+
+    def note(msg: str) -> None:
+        if msg not in notes:
+            notes.add(msg)
+            out(f"note: {msg}")
+
+    def report(sink: str, what: str, exc: BaseException) -> None:
+        print(f"autolog: sink {sink!r} failed in {what}: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+    end = _log_size(run)
+    followers = {}
+    for label, sink, entry, start in items:
+        follower = Follower(sink, info, positions, report, start=start, entry=entry, note=note)
+        follower.log_grew(end)
+        follower.finish(result)
+        followers[label] = follower
+    for follower in followers.values():
+        follower.caught_up(None)
+    return followers
 
 
-def batches(run: RunData, chunk: int = CHUNK,
-            note: Callable[[str], None] = lambda msg: None) -> Iterator[Batch]:
-    """The run's records as `Batch`es in step order, each holding whole steps."""
-    names, keys, steps, values, walls, hists = _read_log(run)
-    media = sorted(run.media, key=lambda m: int(m.get("step", 0)))
-    hist_steps = np.asarray([h.step for h in hists], dtype=np.int64)
-    media_steps = np.asarray([int(m.get("step", 0)) for m in media], dtype=np.int64)
-    sources = ((steps, max(1, chunk)), (hist_steps, HIST_CHUNK), (media_steps, MEDIA_CHUNK))
-    pos = [0, 0, 0]
-    while any(p < len(arr) for p, (arr, _) in zip(pos, sources)):
-        # the batch ends at the smallest step that fills one of the three kinds' quotas
-        last = min(int(arr[min(p + quota, len(arr)) - 1])
-                   for p, (arr, quota) in zip(pos, sources) if p < len(arr))
-        ends = [int(np.searchsorted(arr, last, side="right")) for arr, _ in sources]
-        (s0, h0, m0), (s1, h1, m1) = pos, ends
-        scalars = list(zip([names[i] for i in keys[s0:s1].tolist()], steps[s0:s1].tolist(),
-                           values[s0:s1].tolist(), walls[s0:s1].tolist()))
-        records = [_media_record(run, item, note) for item in media[m0:m1]]
-        yield Batch(scalars=scalars, histograms=hists[h0:h1],
-                    media=[r for r in records if r is not None], step=last)
-        pos = ends
-
-
-# ------------------------------------------------------------------------ the replay
+# ------------------------------------------------------------------------ replay
 
 def _event_files(folder: str) -> list[str]:
     return glob.glob(os.path.join(glob.escape(folder), "events.out.tfevents.*"))
 
 
+def unknown_sink_message(name: str) -> str:
+    """``unknown sink 'x'; did you mean ...? available sinks: ...`` (as ``plot`` says it)."""
+    names = available_sinks()
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return f"unknown sink {name!r}{hint} (available sinks: {', '.join(names)})"
+
+
 def _make_sink(name: str, run: RunData, log_dir: str | None, force: bool) -> Sink:
     if name == "local":
-        raise ReplayError("'local': the run is already in the local store")
+        raise ReplayError("'local': the run is already in the local store (its log)")
+    if name not in available_sinks():
+        raise ReplayError(unknown_sink_message(name))
     try:
         cls = sink_class(name)
-    except (ValueError, ImportError) as exc:
-        raise ReplayError(str(exc)) from exc
+    except (ValueError, ImportError, TypeError) as exc:
+        raise ReplayError(f"{name!r}: {exc}") from exc
     if name == "tensorboard":
         target = os.path.join(log_dir, run.id) if log_dir else os.path.join(run.path, "tensorboard")
         if _event_files(target) and not force:
@@ -176,74 +149,84 @@ def _make_sink(name: str, run: RunData, log_dir: str | None, force: bool) -> Sin
 
 
 def replay(run: RunData, to: Sequence[str], *, offline: bool = False, log_dir: str | None = None,
-           force: bool = False, chunk: int = CHUNK,
-           out: Callable[[str], None] = print) -> int:
-    """Feed `run` into the sinks named in `to`; 0 when every sink took all of it, else 1.
+           force: bool = False, out: Callable[[str], None] = print) -> int:
+    """Write `run` into the sinks named in `to`; 0 when every target took all of it, else 1.
 
-    Raises `ReplayError` before writing anything when a sink name is unknown or its target
-    already holds this run (see the module doc; `force` overrides). `offline` (or
+    Each target is checked first (see the module doc; `force` overrides "already written");
+    a refused target is reported and skipped, the others are written. `offline` (or
     ``WANDB_MODE=offline``) opens W&B runs offline. `log_dir`: TensorBoard writes to
-    ``<log_dir>/<run id>`` instead of ``<run>/tensorboard``.
+    ``<log_dir>/<run id>`` instead of ``<run>/tensorboard``. Raises `ReplayError` when no name
+    is given.
     """
     names = list(dict.fromkeys(n.strip() for n in to if n.strip()))
     if not names:
         raise ReplayError("no sink to replay into")
-    sinks = [_make_sink(name, run, log_dir, force) for name in names]
-    mode = "offline" if offline or os.environ.get("WANDB_MODE") == "offline" else None
-    info = run_info(run, mode)
-    result = run_result(run)
-    if result.status != run.status:
-        out(f"note: run status {run.status!r} is sent to the sinks as {result.status!r}")
-
-    failed: set[int] = set()
-    opened: list[int] = []
-
-    def call(i: int, what: str, fn: Callable, *args: Any) -> bool:
+    refused: list[str] = []
+    sinks: list[tuple[str, Sink]] = []
+    for name in names:
         try:
-            fn(*args)
-            return True
-        except Exception as exc:  # noqa: BLE001 -- one sink failing must not stop the others
-            failed.add(i)
-            print(f"autolog replay: sink {names[i]!r} failed in {what}: "
-                  f"{type(exc).__name__}: {exc}", file=sys.stderr)
-            return False
-
-    where: dict[int, str] = {}
+            sinks.append((name, _make_sink(name, run, log_dir, force)))
+        except ReplayError as exc:
+            refused.append(name)
+            print(f"autolog replay: refused {exc}", file=sys.stderr)
+    mode = "offline" if offline or os.environ.get("WANDB_MODE") == "offline" else None
+    result = run_result(run)
+    if sinks and result.status != run.status:
+        out(f"note: run status {run.status!r} is sent to the sinks as {result.status!r}")
+    positions = Positions.load(run.path)
     started = time.monotonic()
-    for i, sink in enumerate(sinks):
-        if call(i, "open", sink.open, info):
-            opened.append(i)
-            path = getattr(sink, "path", None)  # TensorBoard and CSV say where they write
-            if isinstance(path, str):
-                where[i] = path
-            elif names[i] == "wandb":
-                where[i] = os.path.join(run.path, "wandb")
-    notes: set[str] = set()
-
-    def note(msg: str) -> None:
-        if msg not in notes:
-            notes.add(msg)
-            out(f"note: {msg}")
-
-    counts = [0, 0, 0]
-    try:
-        for batch in batches(run, chunk, note):
-            counts[0] += len(batch.scalars)
-            counts[1] += len(batch.histograms)
-            counts[2] += len(batch.media)
-            for i in opened:
-                if i not in failed:
-                    call(i, "write", sinks[i].write, batch)
-    except KeyboardInterrupt:
-        result = RunResult("interrupted", result.summary, result.meta, result.config)
-        raise
-    finally:
-        for i in opened:
-            call(i, "close", sinks[i].close, result)
+    items = [(name, sink, positions.add(sink), 0) for name, sink in sinks]
+    positions.save()
+    followers = _follow(run, items, run_info(run, mode), positions, result, out) if items else {}
     took = time.monotonic() - started
-    out(f"replayed run {run.id} ({run.name}): {counts[0]} scalar points, {counts[1]} histograms, "
-        f"{counts[2]} media in {took:.1f}s")
-    for i, name in enumerate(names):
-        state = "FAILED" if i in failed else "ok"
-        out(f"  {name:12} {state}" + (f"  {where[i]}" if i in where else ""))
+    if followers:
+        scalars, hists, media = next(iter(followers.values())).counts
+        out(f"replayed run {run.id} ({run.name}): {scalars} scalar points, {hists} histograms, "
+            f"{media} media in {took:.1f}s")
+    for name in names:
+        if name in refused:
+            out(f"  {name:12} REFUSED")
+            continue
+        follower = followers[name]
+        where = follower.where
+        if where is None and name == "wandb":
+            where = os.path.join(run.path, "wandb")
+        state = "FAILED" if follower.errors else "ok"
+        out(f"  {name:12} {state}" + (f"  {where}" if isinstance(where, str) else ""))
+    return 1 if refused or any(f.errors for f in followers.values()) else 0
+
+
+# ------------------------------------------------------------------------ sync
+
+def sync(run: RunData, out: Callable[[str], None] = print) -> int:
+    """Finish every sink of `run` that has not got everything (``sinks.json``), from exactly
+    where it stopped; 0 when all of them are finished, else 1 (see the module doc)."""
+    if run.status == "running":
+        out(f"autolog sync: run {run.id} is still being written by its process; sync it when it ends")
+        return 1
+    positions = Positions.load(run.path)
+    pending = [e for e in positions.entries if not e.get("done") and e.get("syncable", True)]
+    if not pending:
+        out(f"run {run.id} ({run.name}): every sink has everything; nothing to sync")
+        return 0
+    failed = 0
+    items = []
+    for entry in pending:
+        label = f"{entry.get('name')}#{positions.entries.index(entry)}"
+        try:
+            sink = build_sink(entry)
+        except Exception as exc:  # noqa: BLE001 -- report it, sync the others
+            failed += 1
+            out(f"  {entry.get('name', '?'):12} NOT SYNCED: cannot rebuild it: {type(exc).__name__}: {exc}")
+            continue
+        items.append((label, sink, entry, int(entry.get("offset", 0))))
+    starts = {label: start for label, _s, _e, start in items}
+    followers = _follow(run, items, run_info(run, resumed=True), positions, run_result(run), out)
+    for label, follower in followers.items():
+        name = label.rpartition("#")[0]
+        ok = follower.done and not follower.errors
+        failed += not ok
+        scalars, hists, media = follower.counts
+        out(f"  {name:12} {'ok' if ok else 'FAILED'}  from log byte {starts[label]}: {scalars} scalar "
+            f"points, {hists} histograms, {media} media")
     return 1 if failed else 0

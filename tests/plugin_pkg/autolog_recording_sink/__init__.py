@@ -27,6 +27,8 @@ class RecordingSink(Sink):
                       "config": run.config})
 
     def write(self, batch: Batch) -> None:
+        if self._file is None:
+            raise RuntimeError("RecordingSink.write outside open()..close()")
         self._record({
             "event": "write",
             "scalars": [list(point) for point in batch.scalars],
@@ -36,8 +38,11 @@ class RecordingSink(Sink):
         })
 
     def close(self, result: RunResult) -> None:
+        if self._file is None:
+            return
         self._record({"event": "close", "status": result.status, "summary": result.summary})
         self._file.close()
+        self._file = None
 
     def _record(self, obj: dict) -> None:
         self._file.write(json.dumps(obj, default=repr) + "\n")

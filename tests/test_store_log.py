@@ -1,0 +1,52 @@
+"""The run's record log: `EventLog` appends batches, `read_batches` reads them back."""
+from __future__ import annotations
+
+import os
+
+from autolog.pipeline.records import Batch, HistogramRecord, MediaRecord
+from autolog.store import format as fmt
+from autolog.store.log import EventLog, read_batches
+
+
+def _batch(i: int) -> Batch:
+    return Batch(scalars=[("train/loss", i, 1.0 / (i + 1), 100.0 + i), (f"k{i % 3}", i, float(i), 100.0 + i)],
+                 histograms=[HistogramRecord("w", i, [0.0, 0.5, 1.0], [float(i), 2.0], 100.0 + i)] if i % 2 else [],
+                 media=[MediaRecord("text", "note", i, 100.0 + i, data=f"step {i}")] if i % 3 == 0 else [],
+                 step=i)
+
+
+def _points(batches):
+    return [p for b in batches for p in b.scalars]
+
+
+def test_appended_batches_read_back_with_their_end_offsets(tmp_path):
+    log = EventLog(str(tmp_path), fsync_secs=0)
+    written = [_batch(i) for i in range(6)]
+    ends = [log.append(b) for b in written]
+    log.close()
+    path = os.path.join(tmp_path, fmt.EVENTS_FILE)
+    assert ends[-1] == os.path.getsize(path) and ends == sorted(ends)
+    read = list(read_batches(path))
+    assert _points(b for b, _ in read) == _points(written)
+    assert [h for b, _ in read for h in b.histograms] == [h for b in written for h in b.histograms]
+    assert [(m.kind, m.name, m.step, m.data) for b, _ in read for m in b.media] == \
+        [(m.kind, m.name, m.step, m.data) for b in written for m in b.media]
+    # resuming from an offset yields exactly what follows it
+    resumed = list(read_batches(path, ends[2]))
+    assert _points(b for b, _ in resumed) == _points(written[3:])
+    assert resumed[-1][1] == ends[-1]
+
+
+def test_append_never_raises_when_the_directory_is_gone(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    log = EventLog(str(run_dir))
+    log.close()
+    os.remove(run_dir / fmt.EVENTS_FILE)
+    os.rmdir(run_dir)
+    log = EventLog(str(run_dir))
+    assert log.append(_batch(1)) is None and log.append(_batch(2)) is None
+    log.close()
+    assert log.errors["count"] >= 2 and "FileNotFoundError" in log.errors["first_error"]
+    assert log.errors["lost"]["scalars"] == 4
+    assert capsys.readouterr().err.count("cannot write") == 1
