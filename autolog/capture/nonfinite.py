@@ -6,7 +6,8 @@ updated with one ``torch.where`` (no value is read). At each hand-off it is redu
 device to the first bad step and parameter, which travel to the host with the hand-off under
 reserved scalar names that `prepare` removes before the sinks see the batch.
 
-Losses: every step's ``train/loss`` already travels with the hand-offs; `prepare` scans it.
+Losses: every step's ``train/loss`` (and ``train/loss/<label>`` of the other optimizers) already
+travels with the hand-offs; `prepare` scans them.
 
 on_nan="warn" (default): on the writer thread, the first finding is written to
 ``meta["nonfinite"] = {"step", "parameter", "loss"}`` and warned about (`NonFiniteWarning`).
@@ -29,6 +30,7 @@ from autolog.capture.errors import NonFiniteError, NonFiniteWarning
 POLICIES = ("warn", "raise", "ignore")
 RESERVED = "\x00autolog/nonfinite/"  # scalar names that never reach a sink
 LOSS = "train/loss"
+_LOSS_SERIES = LOSS + "/"
 _NEVER = 2**62  # "no bad step" while reducing
 
 
@@ -147,7 +149,7 @@ class NonFiniteMonitor:
                 kind, _, index = name[len(RESERVED):].partition("/")
                 pairs.setdefault(index, {})[kind] = point[2]
                 continue
-            if name == LOSS and not math.isfinite(point[2]) and self.active:
+            if (name == LOSS or name.startswith(_LOSS_SERIES)) and self.active and not math.isfinite(point[2]):
                 loss_step = point[1] if loss_step is None else min(loss_step, point[1])
             kept.append(point)
         if len(kept) != len(batch.scalars):
