@@ -186,11 +186,12 @@ class Capture:
         self.closure = None
         if self.watched and not self.follower:
             self.guard.call("watch", self._watch_pre, state, optimizer)
-        closure = args[0] if args else kwargs.get("closure")
+        # torch's hooks get the step's (self, *args), kwargs and may return new ones
+        closure = args[1] if len(args) > 1 else kwargs.get("closure")
         if callable(closure) and self.losses and "loss" not in self.guard.off:
             first = self.closure = FirstCall(closure)
-            if args:
-                return (first,) + tuple(args[1:]), kwargs
+            if len(args) > 1:
+                return (args[0], first, *args[2:]), kwargs
             return args, {**kwargs, "closure": first}
         return None
 

@@ -108,7 +108,7 @@ class SampleCounter:
     call of its *entry*, the first of its modules whose forward runs in grad mode (the model
     itself, or a submodule a framework calls directly: ``self.model(x)`` in a LightningModule's
     ``training_step``). The model's own forward is reported by `Watched`'s hook; every other
-    module is hooked here until the entry is known, then none. A compiled wrapper
+    module is hooked here until the entry is known, then only the entry. A compiled wrapper
     (``torch.compile(model)``) is its own entry: hooks inside the compiled region are not
     installed (they would break its graph)."""
 
@@ -125,7 +125,8 @@ class SampleCounter:
         entry = self.entry
         if entry is None:
             self.entry = entry = module
-            self.remove_hooks()  # the entry is known: only it is counted from now on
+            for key in [k for k in self._handles if k != id(module)]:  # only the entry is counted now
+                self._handles.pop(key).remove()
         if entry is module:
             self.samples += batch_size(args, kwargs)
 
