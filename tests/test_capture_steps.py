@@ -437,3 +437,69 @@ def test_samples_from_an_inner_module_when_the_watched_forward_never_runs(tmp_pa
         assert value == pytest.approx(6 / step_time[step])
     autolog.unwatch(holder)
     assert not any(m._forward_pre_hooks for m in holder.modules())
+
+
+# -- clip_grad_norm_ on DTensor parameters (FSDP2, tensor parallel) -------------------------------
+@pytest.mark.parametrize("placement", ["shard", "replicate"])
+def test_clip_grad_norm_of_dtensor_parameters(tmp_path, placement):
+    import torch.distributed as dist
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor, init_device_mesh
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        place = [Shard(0)] if placement == "shard" else [Replicate()]
+        torch.manual_seed(0)
+        weight = nn.Parameter(distribute_tensor(torch.randn(4, 3), mesh, place))
+        opt = torch.optim.SGD([weight], lr=0.1)
+        x = distribute_tensor(torch.randn(3, 2), mesh, [Replicate()])
+        norms = {}
+        with open_run(tmp_path) as run:
+            for i in range(2):
+                opt.zero_grad()
+                (weight @ x).sum().backward()
+                returned = torch.nn.utils.clip_grad_norm_([weight], 0.5)
+                norms[i] = float(returned.full_tensor())
+                opt.step()
+        got = series(read(run), "train/grad_norm")
+        assert got == pytest.approx(norms, rel=1e-6) and min(norms.values()) > 0.5
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp_clip_grad_norm_is_recorded_and_unpatched_after(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        original = vars(FSDP)["clip_grad_norm_"]
+        model = FSDP(tiny(), device_id=torch.device("cpu"))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        norms = {}
+        with open_run(tmp_path) as run:
+            for i, (x, y) in enumerate(batches(2)):
+                opt.zero_grad()
+                F.mse_loss(model(x), y).backward()
+                norms[i] = float(model.clip_grad_norm_(1e-3))
+                opt.step()
+        assert vars(FSDP)["clip_grad_norm_"] is original
+        assert series(read(run), "train/grad_norm") == norms
+    finally:
+        dist.destroy_process_group()
+
+
+def test_nonfinite_loss_of_a_second_optimizer_is_found(tmp_path):
+    model_a, model_b = tiny(), tiny(seed=1)
+    opt_a = torch.optim.SGD(model_a.parameters(), lr=0.1)
+    opt_b = torch.optim.SGD(model_b.parameters(), lr=0.1)
+    with pytest.warns(autolog.capture.errors.NonFiniteWarning, match="step 2"):
+        with open_run(tmp_path, log_every=2) as run:
+            for i, (x, y) in enumerate(batches(4)):
+                for model, opt, bad in ((model_a, opt_a, False), (model_b, opt_b, i == 1)):
+                    opt.zero_grad()
+                    loss = F.mse_loss(model(x), y) * (float("nan") if bad else 1.0)
+                    loss.backward()
+                    opt.step()
+    assert read(run).meta["nonfinite"] == {"step": 2, "parameter": None, "loss": True}

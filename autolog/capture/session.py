@@ -109,6 +109,8 @@ class Capture:
         """A scalar backward() with the implicit gradient of one ran on `tensor`."""
         if not is_loss(tensor):
             return
+        if type(tensor) is not torch.Tensor and type(tensor) is not torch.nn.Parameter:
+            tensor = _full(tensor)  # a DTensor loss (tensor parallel): its full value
         closure = self.closure
         if closure is not None and closure.inside:
             if closure.collecting:
@@ -362,9 +364,9 @@ class Capture:
 
 
 def _full(total: torch.Tensor) -> torch.Tensor:
-    """A DTensor total norm as a plain tensor holding the full norm: its local value when it is
-    replicated, else ``full_tensor()`` (a reduction over the mesh, made by every rank alike since
-    every rank clips; no host sync)."""
+    """A DTensor (a loss, a total norm) as a plain tensor holding the full value: its local
+    value when it is replicated, else ``full_tensor()`` (a reduction over the mesh, made by every
+    rank alike since every rank runs the same backward and clip; no host sync)."""
     to_local = getattr(total, "to_local", None)
     if to_local is None:
         return total
