@@ -6,7 +6,7 @@
 Backends (tensorboard, wandb) are imported only when a sink that needs them is used.
 """
 from autolog._version import __version__
-from autolog.api import current_run, log, log_figure, log_image, log_text, run, track
+from autolog.api import current_run, log, log_figure, log_image, log_text, name_optimizer, run, track
 from autolog.store.reader import RunData, list_runs, read_run
 from autolog.core.run import Run
 from autolog.capture.errors import NonFiniteError
@@ -14,4 +14,4 @@ from autolog.capture.watch import unwatch, watch
 
 __all__ = ["__version__", "track", "run", "log", "log_image", "log_figure", "log_text", "current_run",
            "read_run", "list_runs", "RunData", "Run",
-           "watch", "unwatch", "NonFiniteError"]
+           "watch", "unwatch", "name_optimizer", "NonFiniteError"]

@@ -1,5 +1,5 @@
 """The public functions: `track`, `run`, `log`, `log_image`, `log_figure`, `log_text`,
-`current_run`."""
+`current_run`, `name_optimizer`."""
 from __future__ import annotations
 
 import functools
@@ -183,3 +183,25 @@ def log_text(name: str, text: str, step: int | None = None) -> None:
     active = _target()
     if active is not None:
         active.log_text(name, text, step=step)
+
+
+def name_optimizer(optimizer: Any, name: str) -> Any:
+    """Name `optimizer`'s series: ``train/loss/<name>``, ``train/grad_norm/<name>``,
+    ``optim/<name>/lr`` (``optim/<name>/lr/<group>``, momentum, betas, weight decay alike) and,
+    for a watched model this optimizer is not the first to update, ``grad_norm/total/<name>``;
+    returns `optimizer`.
+
+    Unnamed, the first optimizer that steps has the plain names (``train/loss``, ``optim/lr``)
+    and optimizer k >= 1 uses k (``train/loss/1``). The name holds for the optimizer's life: in
+    the open run from its next step, and in later runs. `optimizer` is a ``torch.optim.Optimizer``
+    (or a wrapper holding one, such as Lightning's ``LightningOptimizer``); `name` a non-empty
+    string without "/" that is not a number. Works outside a run too.
+    """
+    from autolog.capture.optim import inner_optimizer, name_optimizer as _name
+
+    _name(optimizer, name)
+    active = run_mod.current()
+    capture = active.__dict__.get("_capture") if active is not None else None
+    if capture is not None:
+        capture.rename(inner_optimizer(optimizer), name.strip())
+    return optimizer

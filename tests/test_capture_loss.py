@@ -1,4 +1,4 @@
-"""train/loss: one point per optimizer step, the mean of that step's backward calls, unscaled."""
+"""train/loss: one point per optimizer step, the sum of the backward calls since the previous step, unscaled."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,7 @@ def test_first_loss_is_step_zero_and_last_unstepped_loss_is_kept(tmp_path):
     assert got[2] == float(last.detach())
 
 
-def test_gradient_accumulation_records_the_mean(tmp_path):
+def test_gradient_accumulation_records_the_sum_of_the_scaled_losses(tmp_path):
     model = tiny()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     data = batches(12)
@@ -51,7 +51,7 @@ def test_gradient_accumulation_records_the_mean(tmp_path):
                 loss = F.mse_loss(model(x), y) / 3
                 values.append(float(loss.detach()))
                 loss.backward()
-            expected[step] = sum(values) / 3
+            expected[step] = sum(values)  # of loss / 3: the mean micro-batch loss
             opt.step()
     got = series(read(run), "train/loss")
     assert got.keys() == expected.keys()
@@ -131,19 +131,3 @@ def test_loss_not_recorded_when_capture_excludes_it(tmp_path):
     assert not any(name.startswith("perf/") for name in data.metrics)
 
 
-def test_losses_without_optimizer_are_averaged_until_the_step_changes(tmp_path):
-    """No optimizer: the step never advances on its own, so the losses share step 0 (mean)."""
-    model = tiny()
-    values = []
-    with open_run(tmp_path) as run:
-        for x, y in batches(3):
-            loss = F.mse_loss(model(x), y)
-            loss.backward()
-            with torch.no_grad():
-                for p in model.parameters():
-                    p -= 0.1 * p.grad
-                    p.grad = None
-            values.append(float(loss.detach()))
-    got = series(read(run), "train/loss")
-    assert list(got) == [0]
-    assert got[0] == pytest.approx(sum(values) / 3, rel=1e-6)

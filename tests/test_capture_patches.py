@@ -7,7 +7,7 @@ from torch.optim import optimizer as optim_mod
 
 import autolog
 from autolog.capture import patches
-from autolog.capture.loss import LossTracker
+from autolog.capture.loss import Objective
 from capture_util import batches, open_run, read, series, tiny
 
 
@@ -84,10 +84,10 @@ def test_wrapped_on_top_by_someone_else(tmp_path):
 
 
 def test_a_failing_capture_never_breaks_training(tmp_path, monkeypatch, capsys):
-    def broken(self, step, loss):
+    def broken(self, value):
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(LossTracker, "add", broken)
+    monkeypatch.setattr(Objective, "add", broken)
     model, reference = tiny(), tiny()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1)

@@ -265,8 +265,8 @@ def test_gradient_accumulation_steps_agree_with_global_step(tmp_path):
     # Lightning's step values of the batch that stepped (as its loggers do)
     assert m["train_loss_step"] == _approx([(s, v) for i, (s, v) in enumerate(net.losses) if i % 2 == 1])
     assert [s for s, _ in net.losses] == [0, 0, 1, 1, 2, 2, 3, 3]
-    # autolog's loss: the mean of the scalars backward() ran on, which Lightning divides by 2
-    assert m["train/loss"] == _approx([(s, (net.losses[2 * s][1] + net.losses[2 * s + 1][1]) / 4) for s in range(4)])
+    # autolog's loss: the sum of the scalars backward() ran on, which Lightning divides by 2
+    assert m["train/loss"] == _approx([(s, (net.losses[2 * s][1] + net.losses[2 * s + 1][1]) / 2) for s in range(4)])
     assert [s for s, _ in m["optim/lr"]] == [0, 1, 2, 3]
     assert m["grad_norm/total"] == _approx([(s, total) for s, _g, total, _w in net.grads])
     assert m["train_loss_epoch"] == _approx([(2, _mean([v for _, v in net.losses[:4]])),

@@ -1,5 +1,13 @@
-"""The loss: the mean of the scalar losses whose backward ran in one step, kept on the device."""
+"""The loss of an optimizer step: the objective whose gradient the step applies, kept on the device.
+
+`Objective` sums the scalars ``backward()`` was called on since the previous optimizer step (of
+any optimizer); the optimizer that steps next takes the sum. With ``loss / accum`` per
+micro-batch that is the mean micro-batch loss; with two backward calls (a GAN's D on real and on
+fake data) their sum. A closure's step takes the closure's first value (`FirstCall`).
+"""
 from __future__ import annotations
+
+from typing import Any, Callable
 
 import torch
 
@@ -11,38 +19,83 @@ def is_loss(tensor: torch.Tensor) -> bool:
     return tensor.numel() == 1 and tensor.is_floating_point()
 
 
-class LossTracker:
-    """A running sum and count for the current step, on the loss's device.
+class Objective:
+    """A running sum on the loss's device; nothing read back.
 
-    Nothing is ever modified in place: the first loss of a step is kept as it is (a detached
-    alias of the user's tensor), later ones are added out of place.
+    The user's tensor is never modified: the first value of a step is kept as a detached alias,
+    the second is added out of place (a tensor of our own, float32 at least), later ones are
+    added into that tensor in place (no allocation).
     """
 
+    __slots__ = ("sum", "owned")
+
     def __init__(self) -> None:
-        self.step: int | None = None
-        self.sum: torch.Tensor | None = None
-        self.count = 0
+        self.sum: torch.Tensor | float | None = None
+        self.owned = False  # whether `sum` is our own tensor (may be added to in place)
 
-    def add(self, step: int, loss: torch.Tensor) -> tuple[int, torch.Tensor] | None:
-        """Add the loss of a backward at `step`; returns the previous step's mean when `step`
-        moved on without `take` (a run without optimizer whose step advanced another way)."""
-        done = self.take() if self.step is not None and step != self.step else None
-        value = loss.detach()  # detached: the sums below record no graph, no no_grad needed
-        if value.dim():
-            value = value.reshape(())
-        if self.sum is None:
-            self.sum, self.count, self.step = value, 1, step
+    def add(self, value: torch.Tensor | float) -> None:
+        if isinstance(value, torch.Tensor):
+            value = value.detach()  # detached: the sums record no graph, no no_grad needed
+            if value.dim():
+                value = value.reshape(())
+        total = self.sum
+        if total is None:
+            self.sum, self.owned = value, False
+        elif self.owned:
+            total.add_(value)  # type: ignore[union-attr]
+        elif isinstance(total, torch.Tensor) or isinstance(value, torch.Tensor):
+            base, other = (total, value) if isinstance(total, torch.Tensor) else (value, total)
+            if base.dtype in _LOW_PRECISION:  # type: ignore[union-attr]
+                base = base.float()  # type: ignore[union-attr]
+            self.sum, self.owned = base + other, True
         else:
-            if self.count == 1 and self.sum.dtype in _LOW_PRECISION:
-                self.sum = self.sum.float()
-            self.sum = self.sum + value
-            self.count += 1
-        return done
+            self.sum = total + value
 
-    def take(self) -> tuple[int, torch.Tensor] | None:
-        """(step, mean) of the pending losses, or None; clears them."""
-        if self.sum is None:
-            return None
-        step, total, count = self.step, self.sum, self.count
-        self.step, self.sum, self.count = None, None, 0
-        return (step, total) if count == 1 else (step, total / count)
+    def take(self) -> torch.Tensor | float | None:
+        """The sum since the last `take` (None: no backward), cleared."""
+        total, self.sum, self.owned = self.sum, None, False
+        return total
+
+    def __bool__(self) -> bool:
+        return self.sum is not None
+
+
+class FirstCall:
+    """A closure passed to ``optimizer.step(closure)``, called through; remembers what its first
+    call gave: its return value when that is a number or a floating scalar tensor, else the sum
+    of the backward calls made during it (`segment`). Backward calls of later calls (a line
+    search's evaluations) belong to no step."""
+
+    __slots__ = ("fn", "calls", "inside", "segment", "value")
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.calls = 0
+        self.inside = 0  # depth of calls in progress
+        self.segment = Objective()
+        self.value: torch.Tensor | float | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        first = self.calls == 1
+        self.inside += 1
+        try:
+            out = self.fn(*args, **kwargs)
+        finally:
+            self.inside -= 1
+        if first:
+            if isinstance(out, torch.Tensor) and is_loss(out):
+                self.value = out
+            elif isinstance(out, (int, float)) and not isinstance(out, bool):
+                self.value = float(out)
+        return out
+
+    @property
+    def collecting(self) -> bool:
+        """Whether a backward now belongs to the first call."""
+        return self.calls == 1 and self.inside > 0
+
+    def result(self) -> torch.Tensor | float | None:
+        """The first call's value (None: it was never called and made no backward)."""
+        segment = self.segment.take()
+        return self.value if self.value is not None else segment

@@ -6,7 +6,8 @@ updated with one ``torch.where`` (no value is read). At each hand-off it is redu
 device to the first bad step and parameter, which travel to the host with the hand-off as a
 typed probe (`Batch.probes`, kind ``"nonfinite"``) that no sink or log ever sees.
 
-Losses: every step's ``train/loss`` already travels with the hand-offs; `prepare` scans it.
+Losses: every step's ``train/loss`` (and ``train/loss/<label>`` of the other optimizers) already
+travels with the hand-offs; `prepare` scans them.
 
 on_nan="warn" (default): on the writer thread, the first finding is written to
 ``meta["nonfinite"] = {"step", "parameter", "loss"}`` and warned about (`NonFiniteWarning`).
@@ -28,6 +29,7 @@ from autolog.capture.errors import NonFiniteError, NonFiniteWarning
 POLICIES = ("warn", "raise", "ignore")
 PROBE = "nonfinite"  # the kind of this monitor's `Batch.probes`
 LOSS = "train/loss"
+_LOSS_SERIES = LOSS + "/"
 _NEVER = 2**62  # "no bad step" while reducing
 
 
@@ -140,7 +142,7 @@ class NonFiniteMonitor:
             return
         loss_step = None
         for point in batch.scalars:
-            if point[0] == LOSS and not math.isfinite(point[2]):
+            if (point[0] == LOSS or point[0].startswith(_LOSS_SERIES)) and not math.isfinite(point[2]):
                 loss_step = point[1] if loss_step is None else min(loss_step, point[1])
         grad = None
         for probe in batch.probes:

@@ -1,9 +1,11 @@
-"""Optimizers seen in a run: their order, names of their hyperparameters, their parameters.
+"""Optimizers seen in a run: their order, labels, names of their hyperparameters, parameters.
 
-Naming: the first optimizer that steps in the run is optimizer 0; its param group 0 gives
-``optim/lr``, group g >= 1 ``optim/lr/<g>``. Optimizer k >= 1 gives ``optim/<k>/lr`` and
-``optim/<k>/lr/<g>``. The same for ``momentum``, ``beta1``/``beta2`` (from ``betas``) and
-``weight_decay``, where the group has them.
+Naming: the first optimizer that steps in the run is optimizer 0, the next ones 1, 2, ... An
+optimizer's *label* is the name given with `name_optimizer`, else its index; optimizer 0
+without a name has the empty label. Its series: ``train/loss[/<label>]``,
+``train/grad_norm[/<label>]``, ``optim[/<label>]/lr`` for param group 0 and
+``optim[/<label>]/lr/<g>`` for group g >= 1; the same for ``momentum``, ``beta1``/``beta2``
+(from ``betas``) and ``weight_decay``, where the group has them.
 """
 from __future__ import annotations
 
@@ -13,11 +15,60 @@ from typing import Any
 import torch
 
 KEYS = ("lr", "momentum", "weight_decay")
+LOSS = "train/loss"
+GRAD_NORM = "train/grad_norm"
+
+# name_optimizer: optimizer -> its name, for as long as it lives (any run, now or later)
+_names: "weakref.WeakKeyDictionary[torch.optim.Optimizer, str]" = weakref.WeakKeyDictionary()
 
 
-def hparam_name(opt_index: int, group: int, key: str) -> str:
-    base = "optim" if opt_index == 0 else f"optim/{opt_index}"
+def inner_optimizer(optimizer: Any) -> Any:
+    """The torch optimizer inside a wrapper that keeps it as ``.optimizer``/``._optimizer``
+    (Lightning's LightningOptimizer, Accelerate's AcceleratedOptimizer), else `optimizer`."""
+    for _ in range(4):
+        if isinstance(optimizer, torch.optim.Optimizer):
+            return optimizer
+        inner = getattr(optimizer, "_optimizer", None) or getattr(optimizer, "optimizer", None)
+        if inner is None:
+            return optimizer
+        optimizer = inner
+    return optimizer
+
+
+def name_optimizer(optimizer: Any, name: str) -> Any:
+    """Give `optimizer` a name for its series (``train/loss/<name>``, ``optim/<name>/lr``,
+    ``train/grad_norm/<name>``, ``grad_norm/.../total/<name>``); returns `optimizer`.
+
+    The name holds for the optimizer's life, in the open run (from its next step) and in later
+    ones. A name is a non-empty string without "/" that is not a number (numbers are the labels
+    of unnamed optimizers).
+    """
+    inner = inner_optimizer(optimizer)
+    if not isinstance(inner, torch.optim.Optimizer):
+        raise TypeError(f"autolog.name_optimizer: optimizer: expected a torch.optim.Optimizer, "
+                        f"got {type(optimizer).__name__}")
+    if not isinstance(name, str) or not name.strip() or "/" in name or name.strip().isdigit():
+        raise ValueError(f"autolog.name_optimizer: name: expected a non-empty string without '/' "
+                         f"that is not a number, got {name!r}")
+    _names[inner] = name.strip()
+    return optimizer
+
+
+def given_name(optimizer: Any) -> str | None:
+    try:
+        return _names.get(optimizer)
+    except TypeError:  # not weak-referenceable
+        return None
+
+
+def hparam_name(label: str, group: int, key: str) -> str:
+    base = f"optim/{label}" if label else "optim"
     return f"{base}/{key}" if group == 0 else f"{base}/{key}/{group}"
+
+
+def series_name(base: str, label: str) -> str:
+    """``base`` for optimizer 0 without a name, else ``base/<label>``."""
+    return f"{base}/{label}" if label else base
 
 
 def _value(value: Any) -> Any:
@@ -35,17 +86,30 @@ def _value(value: Any) -> Any:
 class OptimizerState:
     """What a run knows about one optimizer."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, index: int) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, index: int, name: str | None = None) -> None:
         self.ref = weakref.ref(optimizer)
         self.index = index
         self.type = type(optimizer).__name__
         self.steps = 0
+        self.skipped = 0  # steps GradScaler skipped (inf/NaN gradients)
+        self.name: str | None = None
+        self.label = ""
+        self.loss_name = LOSS
+        self.grad_norm_name = GRAD_NORM
+        self.rename(name)
         self.hparam_step: int | None = None  # the run step its hyperparameters were last recorded at
         self._signature: tuple[int, ...] | None = None
         self._ids: frozenset[int] = frozenset()
         self.device: torch.device | None = None
         self.param_groups = len(optimizer.param_groups)
-        self._layout: list[tuple[tuple[str, ...], list[tuple[str, str, int | None]]]] | None = None
+
+    def rename(self, name: str | None) -> None:
+        """Use `name` (None: the index) in this optimizer's series from now on."""
+        self.name = name
+        self.label = name if name else ("" if self.index == 0 else str(self.index))
+        self.loss_name = series_name(LOSS, self.label)
+        self.grad_norm_name = series_name(GRAD_NORM, self.label)
+        self._layout = None
 
     def param_ids(self, optimizer: torch.optim.Optimizer) -> frozenset[int]:
         """ids of the optimizer's parameters, recomputed when its groups change shape."""
@@ -77,11 +141,16 @@ class OptimizerState:
 
     def _names(self, g: int, group: dict[str, Any]) -> list[tuple[str, str, int | None]]:
         """(metric name, group key, index into a betas pair or None) for one param group."""
-        names = [(hparam_name(self.index, g, key), key, None) for key in KEYS if key in group]
+        names = [(hparam_name(self.label, g, key), key, None) for key in KEYS if key in group]
         betas = group.get("betas")
         if isinstance(betas, (tuple, list)) and len(betas) == 2:
-            names += [(hparam_name(self.index, g, key), "betas", i) for i, key in enumerate(("beta1", "beta2"))]
+            names += [(hparam_name(self.label, g, key), "betas", i) for i, key in enumerate(("beta1", "beta2"))]
         return names
 
     def describe(self) -> dict[str, Any]:
-        return {"index": self.index, "type": self.type, "steps": self.steps, "param_groups": self.param_groups}
+        out = {"index": self.index, "type": self.type, "steps": self.steps, "param_groups": self.param_groups}
+        if self.name:
+            out["name"] = self.name
+        if self.skipped:
+            out["skipped_steps"] = self.skipped
+        return out

@@ -1,5 +1,8 @@
-"""Process-wide patches: ``torch.autograd.backward`` (which ``Tensor.backward`` calls), ``GradScaler.scale``
-(wrapt), and torch's global optimizer step pre/post hooks.
+"""Process-wide patches: ``torch.autograd.backward`` (which ``Tensor.backward`` calls),
+``GradScaler.scale`` and ``GradScaler.step``, ``Optimizer.__init__`` (to know that a run has an
+optimizer), the clipping that ``torch.nn.utils.clip_grad_norm_`` does with its total norm (and
+FSDP's ``clip_grad_norm_`` once FSDP is imported), all with wrapt, and torch's global optimizer
+step pre/post hooks.
 
 They are installed while at least one run captures (`acquire`/`release` count the runs) and
 removed exactly when the last one ends. Every wrapper first looks for an open capturing run and
@@ -68,7 +71,7 @@ def _call_observed(wrapped: Callable, args: tuple, kwargs: dict) -> tuple[Any, A
 def _autograd_backward(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
     capture, result = _call_observed(wrapped, args, kwargs)
     if capture is not None:
-        PATCHES.keep_hooks_eager()
+        PATCHES.keep_up()
         capture.guard.call("loss", _observe_autograd_backward, capture, args, kwargs)
     return result
 
@@ -106,12 +109,53 @@ def unscaled(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _pre_step(optimizer: Any, args: tuple, kwargs: dict) -> None:
-    if torch.compiler.is_compiling():
-        return
+def _scaler_step(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
+    capture = session()
+    if capture is None:
+        return wrapped(*args, **kwargs)
+    before = capture.post_steps
+    out = wrapped(*args, **kwargs)
+    if capture.post_steps == before:  # GradScaler skipped the step: inf/NaN gradients
+        optimizer = args[0] if args else kwargs.get("optimizer")
+        capture.guard.call("loss", capture.on_skipped_step, optimizer)
+    return out
+
+
+def _optimizer_init(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
+    out = wrapped(*args, **kwargs)
     capture = session()
     if capture is not None:
-        capture.on_pre_step(optimizer)
+        capture.stepless = False  # this run has an optimizer: its steps are the run's steps
+    return out
+
+
+def _clip_with_norm(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
+    """``clip_grads_with_norm_(parameters, max_norm, total_norm, foreach)``, which
+    ``clip_grad_norm_`` calls (looked up at call time) with the norm it returns."""
+    out = wrapped(*args, **kwargs)
+    capture = session()
+    if capture is not None:
+        total = args[2] if len(args) > 2 else kwargs.get("total_norm")
+        capture.guard.call("grad_norm", capture.on_clip, total)
+    return out
+
+
+def _fsdp_clip(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
+    """FSDP1's ``FullyShardedDataParallel.clip_grad_norm_``: returns the full total norm."""
+    out = wrapped(*args, **kwargs)
+    capture = session()
+    if capture is not None:
+        capture.guard.call("grad_norm", capture.on_clip, out)
+    return out
+
+
+def _pre_step(optimizer: Any, args: tuple, kwargs: dict) -> Any:
+    if torch.compiler.is_compiling():
+        return None
+    capture = session()
+    if capture is not None:
+        return capture.on_pre_step(optimizer, args, kwargs)  # new (args, kwargs) with a closure
+    return None
 
 
 def _post_step(optimizer: Any, args: tuple, kwargs: dict) -> None:
@@ -144,6 +188,7 @@ class Patches:
         self._undo: list[Callable[[], None]] = []
         self._hooks: list[Any] = []  # the optimizer hooks' handles
         self._hooks_eager = False
+        self._fsdp = False
 
     @property
     def installed(self) -> bool:
@@ -157,10 +202,30 @@ class Patches:
 
         # `Tensor.backward` calls `torch.autograd.backward` (looked up at call time), so one
         # wrapper sees both spellings, and a backward costs one wrapper, not two.
+        from torch.nn.utils import clip_grad
+
         self._undo = [_wrap(torch.autograd, "backward", _autograd_backward),
-                      _wrap(GradScaler, "scale", _scaler_scale)]
+                      _wrap(GradScaler, "scale", _scaler_scale),
+                      _wrap(GradScaler, "step", _scaler_step),
+                      _wrap(torch.optim.Optimizer, "__init__", _optimizer_init)]
+        if "_clip_grads_with_norm_" in vars(clip_grad):
+            self._undo.append(_wrap(clip_grad, "_clip_grads_with_norm_", _clip_with_norm))
+        self._fsdp = False
         self._register_hooks(eager="torch._dynamo" in sys.modules)
         return True
+
+    def keep_up(self) -> None:
+        """At each backward (cheap when there is nothing to do): once torch.compile is in use,
+        the optimizer hooks behind `torch.compiler.disable`; once FSDP is imported, its
+        ``clip_grad_norm_`` wrapped (importing either is costly: we never do)."""
+        if not self._hooks_eager:
+            self.keep_hooks_eager()
+        if not self._fsdp and self._undo:
+            fsdp = sys.modules.get("torch.distributed.fsdp.fully_sharded_data_parallel")
+            cls = getattr(fsdp, "FullyShardedDataParallel", None)
+            if cls is not None and "clip_grad_norm_" in vars(cls):
+                self._fsdp = True
+                self._undo.append(_wrap(cls, "clip_grad_norm_", _fsdp_clip))
 
     def _register_hooks(self, eager: bool) -> None:
         from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
@@ -192,6 +257,7 @@ class Patches:
         for fn in reversed(undo):
             fn()
         _scaled.clear()
+        self._fsdp = False
         return True
 
 

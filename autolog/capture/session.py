@@ -3,12 +3,15 @@ buffer, advances the run's step.
 
 The step: the first optimizer that steps in the run is the primary one (optimizer 0); the run's
 step advances after each of its steps. If it is garbage-collected, the next optimizer that
-steps becomes the primary. The loss, ``perf/*`` and the hyperparameters of a step are recorded
-at the step number before it advances (the loss whose backward precedes the first step is at
-step 0).
+steps becomes the primary. The loss of a step is the objective whose gradient the step applies
+(`autolog.capture.loss`), recorded, like ``perf/*`` and the hyperparameters, at the run's step
+before it advances, in the stepping optimizer's series (`autolog.capture.optim`). A run without
+any optimizer (none alive when its first backward runs) is *stepless*: each scalar backward
+completes one step, until an optimizer is created or steps.
 """
 from __future__ import annotations
 
+import gc
 import sys
 import time
 import warnings
@@ -19,13 +22,35 @@ import torch
 from autolog.capture import patches
 from autolog.capture import watch as watch_mod
 from autolog.capture.errors import NonFiniteError
-from autolog.capture.loss import LossTracker, is_loss
+from autolog.capture.loss import FirstCall, Objective, is_loss
 from autolog.capture.nonfinite import NonFiniteMonitor
-from autolog.capture.optim import OptimizerState
+from autolog.capture.optim import LOSS, OptimizerState, given_name, inner_optimizer
 from autolog.capture.safe import Guard
 from autolog.capture.timing import StepTimer
 
-LOSS = "train/loss"
+
+def optimizer_alive() -> bool:
+    """Whether a torch optimizer exists in this process. Cheap when no optimizer class was ever
+    instantiated (torch marks a class's ``step`` as hooked at its first instance); else one scan
+    of the garbage collector's objects (once per run, at its first backward)."""
+    pending, classes, hooked = [torch.optim.Optimizer], set(), False
+    while pending:
+        cls = pending.pop()
+        classes.add(cls)
+        hooked = hooked or bool(getattr(vars(cls).get("step"), "hooked", False))
+        pending.extend(cls.__subclasses__())
+    if not hooked:
+        return False
+    return any(type(obj) in classes for obj in gc.get_objects())  # type(): no __class__ property
+
+
+class _Stepless:
+    """The stand-in for an optimizer in a stepless run (what watch and the timer ask of one)."""
+
+    index = 0
+    label = ""
+    loss_name = LOSS
+    device: torch.device | None = None
 
 
 class Capture:
@@ -59,39 +84,75 @@ class Capture:
     def __init__(self, run: Any, names: frozenset[str]) -> None:
         self.run = run
         self.names = names
+        self.losses = "loss" in names
         self.guard = Guard(run.meta)
-        self.loss = LossTracker()
+        self.objective = Objective()  # backward calls since the previous optimizer step
+        self.clip_norm: Any = None  # the first clip_grad_norm_ total norm since then
+        self.closure: FirstCall | None = None  # the closure of the optimizer step in progress
+        self.stepless: bool | None = None  # None: not known before the first backward
+        self.post_steps = 0  # optimizer steps seen (GradScaler.step compares it)
+        self.batch_samples = 0  # samples of the batches a framework reported since the last step
         self.timer = StepTimer()
         self.monitor = NonFiniteMonitor(run)
         self.optimizers: dict[int, OptimizerState] = {}  # id(optimizer) -> state, live ones
         self._seen: list[OptimizerState] = []  # every optimizer of the run, for meta["optimizers"]
         self.primary: OptimizerState | None = None
+        self._stepless = _Stepless()
+        self._stepless_ids: dict[int, frozenset[int]] = {}  # id(watched) -> its parameters' ids
         self.watched: dict[int, watch_mod.Watched] = {}  # id(unwrapped model) -> entry
         dist = getattr(run, "dist", None)
         self.synced = bool(getattr(run.settings, "sync_dist", False)) and dist is not None and dist.world_size > 1
         self.follower = bool(getattr(run, "is_follower", False))  # a rank > 0: it writes nothing
 
-    # -- loss ----------------------------------------------------------------------------------
+    # -- backward and loss ---------------------------------------------------------------------
     def on_backward(self, tensor: torch.Tensor) -> None:
         """A scalar backward() with the implicit gradient of one ran on `tensor`."""
-        if "loss" not in self.names or not is_loss(tensor):
+        if not is_loss(tensor):
             return
-        done = self.loss.add(self.run.step, tensor)
-        if done is not None:
-            self._record_loss(*done)
+        if type(tensor) is not torch.Tensor and type(tensor) is not torch.nn.Parameter:
+            tensor = _full(tensor)  # a DTensor loss (tensor parallel): its full value
+        closure = self.closure
+        if closure is not None and closure.inside:
+            if closure.collecting:
+                closure.segment.add(tensor)
+            return  # a later call of the closure (a line search): no step's loss
+        if self.losses:
+            self.objective.add(tensor)
+        if self.stepless is None:
+            self.stepless = not optimizer_alive()
+        if self.stepless:
+            self._backward_step(tensor.device)
 
-    def _record_loss(self, step: int, value: torch.Tensor, wall: float | None = None) -> None:
+    def _record(self, name: str, step: int, value: Any, wall: float) -> None:
         run = self.run
         if self.synced:  # the mean over ranks, at the run's next reduction point
-            run.log_synced(LOSS, step, value, "mean")
+            run.log_synced(name, step, value, "mean")
         else:
-            run._buffer.scalar(LOSS, step, value, time.time() if wall is None else wall)
-        self.monitor.add_loss(step, value)
+            run._buffer.scalar(name, step, value, wall)
 
-    def _flush_loss(self, wall: float | None = None) -> None:
-        done = self.loss.take()
-        if done is not None:
-            self._record_loss(*done, wall)
+    def _record_loss(self, name: str, step: int, wall: float) -> None:
+        value = self.objective.take()
+        if value is not None:
+            self._record(name, step, value, wall)
+            self.monitor.add_loss(step, value)
+
+    def on_clip(self, total: Any) -> None:
+        """clip_grad_norm_ computed `total` (the norm before clipping): the first of a step is
+        the step's ``train/grad_norm``."""
+        if not isinstance(total, torch.Tensor):
+            return
+        total = _full(total)
+        if self.stepless and self.run.step > 0:  # after the backward that completed the step
+            self._record("train/grad_norm", self.run.step - 1, total.detach(), time.time())
+        elif self.clip_norm is None:
+            self.clip_norm = total.detach()
+
+    def add_batch(self, batch: Any) -> None:
+        """A framework hands a training batch to the model (Lightning's on_train_batch_start)."""
+        self.guard.call("timing", self._add_batch, batch)
+
+    def _add_batch(self, batch: Any) -> None:
+        self.batch_samples += watch_mod.batch_size((batch,), {})
 
     # -- optimizers ----------------------------------------------------------------------------
     def _optimizer(self, optimizer: Any) -> OptimizerState:
@@ -102,18 +163,39 @@ class Capture:
             index = 0
         else:
             index = 1 + max((s.index for s in self.optimizers.values()), default=0)
-        state = OptimizerState(optimizer, index)
         self.optimizers = {k: s for k, s in self.optimizers.items() if s.ref() is not None}
+        name = given_name(optimizer)
+        if name is not None and any(s.name == name for s in self.optimizers.values()):
+            warnings.warn(f"autolog.name_optimizer: two optimizers of the run are named {name!r}; "
+                          f"the second one ({type(optimizer).__name__}) uses its index", stacklevel=5)
+            name = None
+        state = OptimizerState(optimizer, index, name)
         self.optimizers[id(optimizer)] = state
         self._seen.append(state)
         if index == 0:
             self.primary = state
         return state
 
-    def on_pre_step(self, optimizer: Any) -> None:
+    def rename(self, optimizer: Any, name: str | None) -> None:
+        """`autolog.name_optimizer` in this run: the optimizer's series use `name` from now on."""
+        state = self.optimizers.get(id(optimizer))
+        if state is not None and state.ref() is optimizer:
+            state.rename(name)
+
+    def on_pre_step(self, optimizer: Any, args: tuple, kwargs: dict) -> Any:
         state = self._optimizer(optimizer)
+        self.stepless = False
+        self.closure = None
         if self.watched and not self.follower:
             self.guard.call("watch", self._watch_pre, state, optimizer)
+        # torch's hooks get the step's (self, *args), kwargs and may return new ones
+        closure = args[1] if len(args) > 1 else kwargs.get("closure")
+        if callable(closure) and self.losses and "loss" not in self.guard.off:
+            first = self.closure = FirstCall(closure)
+            if len(args) > 1:
+                return (args[0], first, *args[2:]), kwargs
+            return args, {**kwargs, "closure": first}
+        return None
 
     def _watch_pre(self, state: OptimizerState, optimizer: Any) -> None:
         ids = state.param_ids(optimizer)
@@ -123,25 +205,48 @@ class Capture:
                 watched.remove()
                 del self.watched[key]
 
+    def on_skipped_step(self, optimizer: Any) -> None:
+        """GradScaler skipped the optimizer's step: its objective and norm applied nothing."""
+        self.objective.take()
+        self.clip_norm = None
+        inner = inner_optimizer(optimizer)
+        state = self.optimizers.get(id(inner))
+        if state is not None and state.ref() is inner:
+            state.skipped += 1
+
     def on_post_step(self, optimizer: Any) -> None:
         state = self._optimizer(optimizer)
+        self.post_steps += 1
         run = self.run
         step = run.step
         wall = time.time()  # one wall time for the step's points: one TensorBoard event per step
+        closure, self.closure = self.closure, None
+        if closure is not None:
+            value = closure.result()
+            if value is not None:
+                self.objective.add(value)
+        if self.losses and self.objective:
+            self.guard.call("loss", self._record_loss, state.loss_name, step, wall)
+        if self.clip_norm is not None:
+            norm, self.clip_norm = self.clip_norm, None
+            self.guard.call("grad_norm", self._record, state.grad_norm_name, step, norm, wall)
         if "optimizer" in self.names and state.hparam_step != step:
             state.hparam_step = step
             self.guard.call("optimizer", self._record_hparams, state, optimizer, step, wall)
         if self.watched and not self.follower:
             self.guard.call("watch", self._watch_post, state, optimizer)
         state.steps += 1
-        if state is not self.primary:
-            return
-        if "loss" in self.names:
-            self.guard.call("loss", self._flush_loss, wall)
+        if state is self.primary:
+            self._complete(state, step, wall)
+
+    def _complete(self, source: Any, step: int, wall: float) -> None:
+        """Step `step` is complete: its timing, then the run's step advances."""
         if "timing" in self.names:
-            self.guard.call("timing", self._tick, state, step, wall)
+            self.guard.call("timing", self._tick, source, step, wall)
         for watched in self.watched.values():
-            watched.samples = 0
+            watched.counter.samples = 0
+        self.batch_samples = 0
+        run = self.run
         handoffs = run.flush_count
         run.advance_step()
         if run.flush_count != handoffs and self.monitor.policy == "raise":
@@ -151,6 +256,30 @@ class Capture:
                 raise
             except Exception as exc:  # noqa: BLE001
                 self.guard.fail("nonfinite", exc)
+
+    def _backward_step(self, device: torch.device) -> None:
+        """Stepless run: the backward that just ended completes the run's step."""
+        step = self.run.step
+        wall = time.time()
+        source = self._stepless
+        source.device = device
+        if self.losses:
+            self.guard.call("loss", self._record_loss, LOSS, step, wall)
+        if self.watched and not self.follower:
+            self.guard.call("watch", self._watch_backward, step)
+        self._complete(source, step, wall)  # may raise NonFiniteError at a hand-off
+
+    def _watch_backward(self, step: int) -> None:
+        for key, watched in list(self.watched.items()):
+            model = watched.ref()
+            if model is None:
+                watched.remove()
+                del self.watched[key]
+                continue
+            ids = self._stepless_ids.get(id(watched))
+            if ids is None or step % watched.every == 0:
+                ids = self._stepless_ids[id(watched)] = frozenset(id(p) for p in model.parameters())
+            watched.backward_step(self._stepless, ids, step)
 
     def _record_hparams(self, state: OptimizerState, optimizer: Any, step: int, wall: float) -> None:
         items = state.hparams(optimizer)
@@ -162,14 +291,16 @@ class Capture:
         for watched in self.watched.values():
             watched.post_step(state, ids)
 
-    def _tick(self, state: OptimizerState, step: int, wall: float) -> None:
-        first = next(iter(self.watched.values()), None)
-        samples = first.samples if first is not None else 0
-        if state.device is None:
-            optimizer = state.ref()
+    def _tick(self, source: Any, step: int, wall: float) -> None:
+        samples = self.batch_samples
+        if not samples:
+            first = next(iter(self.watched.values()), None)
+            samples = first.counter.samples if first is not None else 0
+        if source.device is None and isinstance(source, OptimizerState):
+            optimizer = source.ref()
             if optimizer is not None:
-                state.param_ids(optimizer)
-        self.timer.tick(self.run._buffer, step, samples, state.device, wall)
+                source.param_ids(optimizer)
+        self.timer.tick(self.run._buffer, step, samples, source.device, wall)
 
     # -- watch ---------------------------------------------------------------------------------
     def watch(self, model: torch.nn.Module, options: dict[str, Any]) -> None:
@@ -215,12 +346,31 @@ class Capture:
         self.guard.call("nonfinite", self.monitor.prepare, batch)
 
     def finish(self, run: Any) -> None:
-        """The run ends: record the last step's loss, remove every hook and patch."""
+        """The run ends: record the loss of backward calls no step took (at the run's step, in
+        optimizer 0's series), remove every hook and patch."""
         try:
-            if "loss" in self.names:
-                self.guard.call("loss", self._flush_loss)
+            if self.losses and self.objective:
+                name = self.primary.loss_name if self.primary is not None else LOSS
+                self.guard.call("loss", self._record_loss, name, run.step, time.time())
+            if self.clip_norm is not None:
+                name = self.primary.grad_norm_name if self.primary is not None else "train/grad_norm"
+                self.guard.call("grad_norm", self._record, name, run.step, self.clip_norm, time.time())
+                self.clip_norm = None
             self.unwatch(None)
             if self._seen:
                 run.meta["optimizers"] = [s.describe() for s in self._seen]
         finally:
             patches.release()
+
+
+def _full(total: torch.Tensor) -> torch.Tensor:
+    """A DTensor (a loss, a total norm) as a plain tensor holding the full value: its local
+    value when it is replicated, else ``full_tensor()`` (a reduction over the mesh, made by every
+    rank alike since every rank runs the same backward and clip; no host sync)."""
+    to_local = getattr(total, "to_local", None)
+    if to_local is None:
+        return total
+    placements = getattr(total, "placements", ())
+    if all(p.is_replicate() for p in placements):
+        return to_local()
+    return total.full_tensor()

@@ -1,5 +1,6 @@
-"""``perf/step_time`` and ``perf/samples_per_sec``, measured between optimizer steps of the first
-optimizer without syncing the device.
+"""``perf/step_time`` and ``perf/samples_per_sec``, measured between the run's steps (optimizer
+steps of the first optimizer; backward calls in a run without optimizer) without syncing the
+device; `SampleCounter` counts a watched model's samples.
 
 On the CPU (and other devices) the host clock is read at each step. On CUDA an event is recorded
 on the current stream at each step; the events travel with the hand-off (in the typed control
@@ -8,7 +9,9 @@ The first step has no step time (nothing to measure it from).
 """
 from __future__ import annotations
 
+import itertools
 import time
+import weakref
 from typing import Any
 
 import torch
@@ -62,3 +65,65 @@ class StepTimer:
                 points.append((SAMPLES_PER_SEC, step, samples / seconds, wall))
         batch.timing = []
         batch.scalars = list(batch.scalars) + points
+
+
+def batch_size(args: tuple, kwargs: dict) -> int:
+    """The first dimension of the first tensor of a forward call's inputs (0: none)."""
+    for value in itertools.chain(args, kwargs.values()):
+        if isinstance(value, (list, tuple)):
+            value = next((v for v in value if isinstance(v, torch.Tensor)), None)
+        elif isinstance(value, dict):
+            value = next((v for v in value.values() if isinstance(v, torch.Tensor)), None)
+        if isinstance(value, torch.Tensor):
+            return int(value.shape[0]) if value.dim() >= 1 else 0
+    return 0
+
+
+def add_forward_pre_hook(module: torch.nn.Module, hook: Any) -> Any:
+    """The one place capture registers a forward pre-hook (with kwargs) on a user's module."""
+    return module.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def _count_hook(counter_ref: Any) -> Any:
+    def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            counter = counter_ref()
+            if counter is not None:
+                counter.on_forward(module, args, kwargs)
+        return None
+
+    return hook
+
+
+class SampleCounter:
+    """Samples a watched model was fed in grad mode since the last step, for
+    ``perf/samples_per_sec``: the first dimension of the first tensor input of each forward
+    call of its *entry*, the first of its modules whose forward runs in grad mode (the model
+    itself, or a submodule a framework calls directly: ``self.model(x)`` in a LightningModule's
+    ``training_step``). The model's own forward is reported by `Watched`'s hook; every other
+    module is hooked here until the entry is known, then only the entry. A compiled wrapper
+    (``torch.compile(model)``) is its own entry: hooks inside the compiled region are not
+    installed (they would break its graph)."""
+
+    def __init__(self, model: torch.nn.Module, inner: torch.nn.Module) -> None:
+        self.samples = 0
+        self.entry: Any = None
+        modules = [] if inner is not model and hasattr(model, "_orig_mod") else \
+            [m for m in dict.fromkeys(inner.modules()) if m is not model]
+        hook = _count_hook(weakref.ref(self))
+        self._handles = {id(m): add_forward_pre_hook(m, hook) for m in modules}
+
+    def on_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        """A forward in grad mode of `module` (the model or one of its modules)."""
+        entry = self.entry
+        if entry is None:
+            self.entry = entry = module
+            for key in [k for k in self._handles if k != id(module)]:  # only the entry is counted now
+                self._handles.pop(key).remove()
+        if entry is module:
+            self.samples += batch_size(args, kwargs)
+
+    def remove_hooks(self) -> None:
+        for handle in self._handles.values():
+            handle.remove()
+        self._handles.clear()

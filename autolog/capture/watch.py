@@ -8,7 +8,6 @@ stepped, on every `log_every`-th step; the NaN/Inf check of the gradients runs a
 """
 from __future__ import annotations
 
-import itertools
 import sys
 import time
 import warnings
@@ -21,6 +20,7 @@ from autolog.core.run import Run, current
 from autolog.pipeline.records import MediaRecord
 from autolog.capture import stats
 from autolog.capture.nonfinite import POLICIES
+from autolog.capture.timing import SampleCounter, batch_size  # noqa: F401 -- batch_size: re-exported
 
 LOGS = ("gradients", "parameters", "all", None)
 
@@ -109,18 +109,6 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
-def batch_size(args: tuple, kwargs: dict) -> int:
-    """The first dimension of the first tensor of a forward call's inputs (0: none)."""
-    for value in itertools.chain(args, kwargs.values()):
-        if isinstance(value, (list, tuple)):
-            value = next((v for v in value if isinstance(v, torch.Tensor)), None)
-        elif isinstance(value, dict):
-            value = next((v for v in value.values() if isinstance(v, torch.Tensor)), None)
-        if isinstance(value, torch.Tensor):
-            return int(value.shape[0]) if value.dim() >= 1 else 0
-    return 0
-
-
 def _forward_pre_hook(watched_ref: weakref.ref):
     def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         if torch.compiler.is_compiling():
@@ -142,7 +130,7 @@ class Watched:
         self.ref = weakref.ref(inner)
         self.prefix = prefix
         self.graph_name = prefix.rstrip("/") or "model"
-        self.samples = 0  # inputs seen by forward calls in grad mode since the last step
+        self.counter = SampleCounter(model, inner)  # inputs in grad mode since the last step
         self.graph_pending = False
         self.graph_done = False
         self._graph_input: tuple[tuple, dict, int] | None = None
@@ -182,6 +170,7 @@ class Watched:
 
     def remove(self) -> None:
         self.handle.remove()
+        self.counter.remove_hooks()
         self.capture.guard.call("graph", self.flush_graph)
         self._params = None
         self._subsets.clear()
@@ -194,7 +183,7 @@ class Watched:
     # -- forward -------------------------------------------------------------------------------
     def on_forward(self, args: tuple, kwargs: dict) -> None:
         if torch.is_grad_enabled():
-            self.samples += batch_size(args, kwargs)
+            self.counter.on_forward(self._module(), args, kwargs)
         if self.graph_pending:
             # Tracing reads values back (torch.jit's checks): it is done at the next hand-off.
             self.graph_pending = False
@@ -301,11 +290,27 @@ class Watched:
             self.total_optimizer = opt.index
         total = stats.total_norm(vectors)
         if total is not None:
-            suffix = "" if opt.index == self.total_optimizer else f"/{opt.index}"
+            suffix = "" if opt.index == self.total_optimizer else f"/{opt.label or opt.index}"
             buffer.scalar(f"grad_norm/{self.prefix}total{suffix}", step, total, wall)
         if self.histograms:
             for n, g in grads:
                 self._histogram(buffer, f"gradients/{self.prefix}{n}", step, g, wall)
+
+    def backward_step(self, source: Any, ids: frozenset[int], step: int) -> None:
+        """A run without optimizer, at the end of the backward that completes `step`: the
+        statistics of both sides of a step, and the update ratios of the previous statistics
+        step (the update the loop made since)."""
+        held = self._updates.pop(source.index, None)
+        if held:
+            wall = time.time()
+            for names, tensors, before, before_norms, at in held:
+                self.capture.run._buffer.vector(names, at, stats.update_ratios(before, before_norms, tensors), wall)
+        if not self.pre_step(source, ids, step):
+            return
+        held = self._updates.pop(source.index, None)
+        self.post_step(source, ids)
+        if held:
+            self._updates[source.index] = held
 
     @staticmethod
     def _histogram(buffer: Any, name: str, step: int, tensor: torch.Tensor, wall: float) -> None:

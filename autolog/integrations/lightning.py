@@ -66,6 +66,7 @@ import torch
 import autolog
 
 from autolog import api
+from autolog.capture.patches import session as capture_session
 from autolog.core.config import flatten
 from autolog.core.run import Run, current, finish_for_exception
 from autolog.core.settings import DEFAULT_SINKS, ENV
@@ -202,6 +203,9 @@ class AutologCallback(*_callback_bases()):  # type: ignore[misc]
         self._offset = self.run.step - trainer.global_step if self._records else 0
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        capture = capture_session() if self._counting else None
+        if capture is not None:  # the batch's samples, for perf/samples_per_sec
+            capture.add_batch(batch)
         if not self._records:
             return
         self._read(trainer, self._tail_step, step_values=True)  # logged by the module's on_train_batch_end
