@@ -6,6 +6,9 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable
 
+from autolog.core.redact import scrub
+from autolog.core.validate import clean_text, safe_str
+
 
 class Guard:
     """Per-run kill switches, one per feature name."""
@@ -31,7 +34,7 @@ class Guard:
         if feature in self.off:
             return
         self.off.add(feature)
-        detail = f"{type(exc).__name__}: {exc}"
+        detail = scrub(clean_text(f"{type(exc).__name__}: {safe_str(exc)}"))
         if self.meta is not None:
             self.meta.setdefault("capture_errors", {})[feature] = detail
         print(f"autolog: automatic capture of {feature} failed and is off for this run; "

@@ -15,6 +15,7 @@ import time
 import traceback
 from typing import Any, Callable
 
+from autolog.core.redact import scrub
 from autolog.pipeline.records import Batch, RunInfo, RunResult
 from autolog.sinks.base import Sink
 
@@ -142,7 +143,7 @@ class Pipeline:
         if sink in self._reported:
             return
         self._reported.add(sink)
-        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        detail = scrub("".join(traceback.format_exception_only(type(exc), exc)).strip())  # no secret on stderr
         print(f"autolog: sink {sink!r} failed in {what}() and is isolated; the run and the other "
               f"sinks go on. {detail}", file=sys.stderr)
 
