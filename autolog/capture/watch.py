@@ -20,6 +20,7 @@ import torch
 from autolog.core.run import Run, current
 from autolog.pipeline.records import MediaRecord
 from autolog.capture import stats
+from autolog.capture.hooks import add_hook, remove_hook
 from autolog.capture.nonfinite import POLICIES
 
 LOGS = ("gradients", "parameters", "all", None)
@@ -121,18 +122,6 @@ def batch_size(args: tuple, kwargs: dict) -> int:
     return 0
 
 
-def _forward_pre_hook(watched_ref: weakref.ref):
-    def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        if torch.compiler.is_compiling():
-            return None
-        watched = watched_ref()
-        if watched is not None:
-            watched.capture.guard.call("watch", watched.on_forward, args, kwargs)
-        return None
-
-    return hook
-
-
 class Watched:
     """One watched model in one run."""
 
@@ -156,7 +145,7 @@ class Watched:
         self._steps: dict[int, tuple[int, bool]] = {}  # optimizer index -> (run step, statistics?) of its step
         self._module = weakref.ref(model)  # what the hook is registered on (maybe a wrapper)
         self._eager_hook = False
-        self.handle = model.register_forward_pre_hook(_forward_pre_hook(weakref.ref(self)), with_kwargs=True)
+        self.handle = add_hook(model, "forward_pre", self.forward_pre_hook, with_kwargs=True)
         self.keep_hook_eager()
 
     def keep_hook_eager(self) -> None:
@@ -168,9 +157,8 @@ class Watched:
         module = self._module()
         if module is None:
             return
-        self.handle.remove()
-        hook = torch.compiler.disable(_forward_pre_hook(weakref.ref(self)))
-        self.handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+        remove_hook(self.handle)
+        self.handle = add_hook(module, "forward_pre", self.forward_pre_hook, eager=True, with_kwargs=True)
         self._eager_hook = True
 
     def configure(self, options: dict[str, Any]) -> None:
@@ -181,7 +169,7 @@ class Watched:
             self.graph_pending = True
 
     def remove(self) -> None:
-        self.handle.remove()
+        remove_hook(self.handle)
         self.capture.guard.call("graph", self.flush_graph)
         self._params = None
         self._subsets.clear()
@@ -192,6 +180,12 @@ class Watched:
         return self.options["log_every"] or self.capture.run.settings.log_every
 
     # -- forward -------------------------------------------------------------------------------
+    def forward_pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        """The model's forward pre-hook (held weakly by `autolog.capture.hooks.ModuleHook`)."""
+        if not torch.compiler.is_compiling():
+            self.capture.guard.call("watch", self.on_forward, args, kwargs)
+        return None
+
     def on_forward(self, args: tuple, kwargs: dict) -> None:
         if torch.is_grad_enabled():
             self.samples += batch_size(args, kwargs)
