@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import autolog
+import autolog.pipeline.media
 from autolog.core import validate
 
 
@@ -121,3 +122,36 @@ def test_clean_text_is_lossless_for_valid_text_and_escapes_lone_surrogates():
         def __str__(self):
             raise ValueError("no")
     assert validate.clean_text(BadStr()) == "<unprintable BadStr: ValueError in __str__>"
+
+
+def test_bf16_and_fp16_images_are_converted_like_float32(tmp_path):
+    from PIL import Image
+
+    img = torch.linspace(0, 1, 4 * 5 * 3).reshape(3, 4, 5)  # CHW, values representable in bf16
+    with autolog.run(sinks=["local"], dir=str(tmp_path)) as run:
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            autolog.log_image(f"img/{str(dtype).split('.')[-1]}", img.to(dtype).to(torch.float32).to(dtype))
+    back = autolog.read_run(run.path)
+    assert back.status == "finished"
+    arrays = {m["name"]: np.asarray(Image.open(f"{run.path}/{m['path']}")) for m in back.media}
+    assert set(arrays) == {"img/float32", "img/bfloat16", "img/float16"}
+    ref = np.asarray(autolog.pipeline.media.image_array(img.to(torch.bfloat16).float()))
+    for name, arr in arrays.items():
+        assert arr.shape == (4, 5, 3), name
+        assert np.abs(arr.astype(int) - ref.astype(int)).max() <= 1, name
+
+
+@pytest.mark.parametrize("image,exc,needle", [
+    ("not an image", TypeError, "expected an array, tensor or PIL image, got str"),
+    (None, TypeError, "got NoneType"),
+    (torch.zeros(2, 2, dtype=torch.complex64), TypeError, "complex"),
+    (torch.empty(2, 2, device="meta"), TypeError, "meta-device"),
+    (torch.zeros(2, 2).to_sparse(), TypeError, "sparse"),
+    (np.array([["a", "b"]]), TypeError, "numeric"),
+    (np.zeros((2, 3, 4, 5)), ValueError, "HW, HWC or CHW"),
+    (np.zeros((2, 2, 7)), ValueError, "1, 3 or 4 channels"),
+    (np.zeros((0, 3)), ValueError, "HW, HWC or CHW"),
+])
+def test_bad_images_name_the_argument(autolog_run, image, exc, needle):
+    with pytest.raises(exc, match=f"autolog.log_image 'pic': image: .*{needle}"):
+        autolog.log_image("pic", image)
