@@ -19,12 +19,12 @@ from __future__ import annotations
 import math
 import threading
 import time
-import warnings
 from typing import Any
 
 import torch
 
 from autolog.capture.errors import NonFiniteError, NonFiniteWarning
+from autolog.capture.safe import warn_user
 
 POLICIES = ("warn", "raise", "ignore")
 RESERVED = "\x00autolog/nonfinite/"  # scalar names that never reach a sink
@@ -162,7 +162,7 @@ class NonFiniteMonitor:
         if self._update(loss_step, grad) and not self.announced:
             if self.policy == "warn" or self.run._finished:  # "raise" raises on the training thread
                 self.announced = True
-                warnings.warn(_message(self.finding), NonFiniteWarning, stacklevel=2)
+                warn_user(_message(self.finding), NonFiniteWarning)  # told on the user's line
 
     # -- both --------------------------------------------------------------------------------
     def _update(self, loss_step: int | None, grad: tuple[int, str] | None) -> bool:

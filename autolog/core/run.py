@@ -175,6 +175,10 @@ class Run:
             return
         self._handoff(force=True)
         ok = self.pipeline.close(self._result, self.settings.close_timeout)
+        if "_capture" in self.__dict__:
+            from autolog.capture.safe import flush_warnings
+
+            flush_warnings()  # warnings the writer found, told on the user's line
         stats = self.pipeline.stats()
         problems = {k: v for k, v in stats.items() if v["errors"] or v["dropped_batches"]}
         if problems:
