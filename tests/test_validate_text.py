@@ -100,3 +100,16 @@ def test_exception_message_with_surrogates_is_recorded(tmp_path):
     assert run.meta["exception_message"] == "bad file caf\\xe9.csv"
     assert "caf\\xe9.csv" in run.meta["traceback"]
     assert run.metrics["x"] == [(0, 1.0)]
+
+
+def test_run_name_tags_and_a_non_utf8_dir_from_the_environment(tmp_path, monkeypatch):
+    root = os.path.join(str(tmp_path), os.fsdecode(b"runs-\xe9"))  # a surrogateescape'd path
+    monkeypatch.setenv("AUTOLOG_DIR", root)
+    monkeypatch.setenv("AUTOLOG_PROJECT", "proj\udcff")
+    with autolog.run(name="run\udcff", tags=["t\udce9"], sinks=["local", "csv", "tensorboard"]) as run:
+        autolog.log({"a": 1.0})
+    (back,) = autolog.list_runs(root)
+    assert os.path.isdir(os.fsencode(root))
+    assert back.status == "finished" and back.name == "run\\xff" and back.metrics["a"] == [(0, 1.0)]
+    with open(os.path.join(back.path, "run.json"), encoding="utf-8") as fh:
+        assert json.load(fh)["tags"] == ["t\\xe9"]
