@@ -112,7 +112,7 @@ def track(wrapped: Callable | None = None, *, project: str | None = None, name: 
             active.set_summary(summary_from_return(result))
         except Exception:  # noqa: BLE001 -- an odd return value never breaks the call
             pass
-        active.finish("finished")
+        finish_for_exception(active, None)  # never raises: the result is returned
         return result
 
     return _Tracked(wrapped, wrapper)

@@ -20,11 +20,13 @@ from __future__ import annotations
 import math
 import threading
 import warnings
+import time
 from typing import Any
 
 import torch
 
 from autolog.capture.errors import NonFiniteError, NonFiniteWarning
+from autolog.capture.safe import warn_user
 
 POLICIES = ("warn", "raise", "ignore")
 PROBE = "nonfinite"  # the kind of this monitor's `Batch.probes`
@@ -154,7 +156,7 @@ class NonFiniteMonitor:
         if self._update(loss_step, grad) and not self.announced:
             if self.policy == "warn" or self.run._finished:  # "raise" raises on the training thread
                 self.announced = True
-                warnings.warn(_message(self.finding), NonFiniteWarning, stacklevel=2)
+                warn_user(_message(self.finding), NonFiniteWarning)  # told on the user's line
 
     # -- both --------------------------------------------------------------------------------
     def _update(self, loss_step: int | None, grad: tuple[int, str] | None) -> bool:

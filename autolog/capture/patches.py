@@ -55,24 +55,19 @@ def _single(value: Any) -> Any:
     return None
 
 
-def _call_observed(wrapped: Callable, args: tuple, kwargs: dict) -> tuple[Any, Any]:
-    """(the capture to tell, the result): calls through, marking the call as a backward."""
+def _autograd_backward(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
+    # One frame of autolog in the traceback of an exception raised in a backward (the README's
+    # "Fidelity"): the call through is inlined here, not in a helper.
     capture = session()
     if capture is None or _inside.get():
-        return None, wrapped(*args, **kwargs)
-    token = _inside.set(True)
+        return wrapped(*args, **kwargs)
+    token = _inside.set(True)  # marks the call as a backward: a nested one is not a loss
     try:
         result = wrapped(*args, **kwargs)
     finally:
         _inside.reset(token)
-    return capture, result
-
-
-def _autograd_backward(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
-    capture, result = _call_observed(wrapped, args, kwargs)
-    if capture is not None:
-        PATCHES.keep_up()
-        capture.guard.call("loss", _observe_autograd_backward, capture, args, kwargs)
+    PATCHES.keep_up()
+    capture.guard.call("loss", _observe_autograd_backward, capture, args, kwargs)
     return result
 
 

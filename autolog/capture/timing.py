@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import itertools
 import time
-import weakref
 from typing import Any
 
 import torch
+
+from autolog.capture.hooks import add_hook, remove_hook
 
 STEP_TIME = "perf/step_time"
 SAMPLES_PER_SEC = "perf/samples_per_sec"
@@ -79,22 +80,6 @@ def batch_size(args: tuple, kwargs: dict) -> int:
     return 0
 
 
-def add_forward_pre_hook(module: torch.nn.Module, hook: Any) -> Any:
-    """The one place capture registers a forward pre-hook (with kwargs) on a user's module."""
-    return module.register_forward_pre_hook(hook, with_kwargs=True)
-
-
-def _count_hook(counter_ref: Any) -> Any:
-    def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            counter = counter_ref()
-            if counter is not None:
-                counter.on_forward(module, args, kwargs)
-        return None
-
-    return hook
-
-
 class SampleCounter:
     """Samples a watched model was fed in grad mode since the last step, for
     ``perf/samples_per_sec``: the first dimension of the first tensor input of each forward
@@ -110,8 +95,14 @@ class SampleCounter:
         self.entry: Any = None
         modules = [] if inner is not model and hasattr(model, "_orig_mod") else \
             [m for m in dict.fromkeys(inner.modules()) if m is not model]
-        hook = _count_hook(weakref.ref(self))
-        self._handles = {id(m): add_forward_pre_hook(m, hook) for m in modules}
+        self._handles = {id(m): add_hook(m, "forward_pre", self.forward_pre_hook, with_kwargs=True)
+                         for m in modules}
+
+    def forward_pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        """A module's forward pre-hook (held weakly by `autolog.capture.hooks.ModuleHook`)."""
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            self.on_forward(module, args, kwargs)
+        return None
 
     def on_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         """A forward in grad mode of `module` (the model or one of its modules)."""
@@ -119,11 +110,11 @@ class SampleCounter:
         if entry is None:
             self.entry = entry = module
             for key in [k for k in self._handles if k != id(module)]:  # only the entry is counted now
-                self._handles.pop(key).remove()
+                remove_hook(self._handles.pop(key))
         if entry is module:
             self.samples += batch_size(args, kwargs)
 
     def remove_hooks(self) -> None:
         for handle in self._handles.values():
-            handle.remove()
+            remove_hook(handle)
         self._handles.clear()

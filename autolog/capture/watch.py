@@ -19,6 +19,7 @@ import torch
 from autolog.core.run import Run, current
 from autolog.pipeline.records import MediaRecord
 from autolog.capture import stats
+from autolog.capture.hooks import add_hook, remove_hook
 from autolog.capture.nonfinite import POLICIES
 from autolog.capture.timing import SampleCounter, batch_size  # noqa: F401 -- batch_size: re-exported
 
@@ -109,16 +110,6 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
             return model
 
 
-def _forward_pre_hook(watched_ref: weakref.ref):
-    def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        if torch.compiler.is_compiling():
-            return None
-        watched = watched_ref()
-        if watched is not None:
-            watched.capture.guard.call("watch", watched.on_forward, args, kwargs)
-        return None
-
-    return hook
 
 
 class Watched:
@@ -144,7 +135,7 @@ class Watched:
         self._steps: dict[int, tuple[int, bool]] = {}  # optimizer index -> (run step, statistics?) of its step
         self._module = weakref.ref(model)  # what the hook is registered on (maybe a wrapper)
         self._eager_hook = False
-        self.handle = model.register_forward_pre_hook(_forward_pre_hook(weakref.ref(self)), with_kwargs=True)
+        self.handle = add_hook(model, "forward_pre", self.forward_pre_hook, with_kwargs=True)
         self.keep_hook_eager()
 
     def keep_hook_eager(self) -> None:
@@ -156,9 +147,8 @@ class Watched:
         module = self._module()
         if module is None:
             return
-        self.handle.remove()
-        hook = torch.compiler.disable(_forward_pre_hook(weakref.ref(self)))
-        self.handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+        remove_hook(self.handle)
+        self.handle = add_hook(module, "forward_pre", self.forward_pre_hook, eager=True, with_kwargs=True)
         self._eager_hook = True
 
     def configure(self, options: dict[str, Any]) -> None:
@@ -169,7 +159,7 @@ class Watched:
             self.graph_pending = True
 
     def remove(self) -> None:
-        self.handle.remove()
+        remove_hook(self.handle)
         self.counter.remove_hooks()
         self.capture.guard.call("graph", self.flush_graph)
         self._params = None
@@ -181,6 +171,12 @@ class Watched:
         return self.options["log_every"] or self.capture.run.settings.log_every
 
     # -- forward -------------------------------------------------------------------------------
+    def forward_pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        """The model's forward pre-hook (held weakly by `autolog.capture.hooks.ModuleHook`)."""
+        if not torch.compiler.is_compiling():
+            self.capture.guard.call("watch", self.on_forward, args, kwargs)
+        return None
+
     def on_forward(self, args: tuple, kwargs: dict) -> None:
         if torch.is_grad_enabled():
             self.counter.on_forward(self._module(), args, kwargs)

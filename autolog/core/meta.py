@@ -7,9 +7,11 @@ import platform
 import socket
 import subprocess
 import sys
+import traceback
 from typing import Any
 
 from autolog._version import __version__
+from autolog.core.validate import clean_text, safe_str
 
 
 def iso(ts: float) -> str:
@@ -40,8 +42,30 @@ def start_meta(start: float) -> dict[str, Any]:
         "torch": torch.__version__,
         "autolog": __version__,
         "platform": platform.platform(),
-        "cwd": os.getcwd(),
-        "command": [sys.executable, *sys.argv],
+        "cwd": clean_text(_cwd()),
+        "command": [clean_text(a) for a in (sys.executable, *sys.argv)],
     }
-    meta.update(git_info(os.getcwd()))
+    meta.update(git_info(_cwd() or None))
     return meta
+
+
+def _cwd() -> str:
+    try:
+        return os.getcwd()
+    except OSError:  # the working directory was removed
+        return ""
+
+
+def exception_record(exc: BaseException) -> dict[str, str]:
+    """Type, message and traceback of `exc` as clean text; never raises, whatever the
+    exception's ``__str__`` (or its traceback's objects) do."""
+    try:
+        kind = clean_text(type(exc).__qualname__)
+    except Exception:  # noqa: BLE001
+        kind = "BaseException"
+    message = clean_text(safe_str(exc))
+    try:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception as err:  # noqa: BLE001 -- e.g. a __str__ that fails in a chained exception
+        tb = f"{kind}: {message}\n(traceback unavailable: {type(err).__name__})\n"
+    return {"exception_type": kind, "exception_message": message, "traceback": clean_text(tb)}

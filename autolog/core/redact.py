@@ -1,8 +1,25 @@
-"""Secrets never leave the process: config keys that name secrets, values in well-known key
-formats, and every literal secret seen once are replaced by ``***`` before anything is stored."""
+"""Secrets never leave the process. The rule, in one place (the README's "Secrets" says the same):
+
+1. Config: a value is masked (``***``) when any part of its key path names a secret: the last
+   part ("password", "api_key", "hf_token"...: any value but booleans and None; a weak name
+   such as "openai_key" or "db_pass": strings only), or any parent part (``creds.credentials.pass``,
+   ``secrets.db``, ``tokens.0.value``: the whole subtree under "credentials", "secrets",
+   "tokens"), or a key matching a ``redact=`` pattern. Command-line flags named like secrets
+   (``--api-key X``, ``--password=X``) are masked the same way.
+2. Every literal masked once (strings of any length; integers of 6 digits or more) is scrubbed
+   from every text autolog writes afterwards: exception messages and tracebacks, texts
+   (`log_text`), meta (sink and capture errors included), the console summary and what autolog
+   prints on stderr. Literals of 4 characters or more are replaced wherever they occur; shorter
+   ones where they stand as a word (so that a 2-character secret does not erase every "ab").
+3. In any text: well-known key formats (OpenAI/Stripe/AWS/GitHub/Slack/Google/Hugging Face keys,
+   JWTs, PEM private keys) and the password of a URL (``scheme://user:pass@host`` ->
+   ``scheme://user:***@host``) are masked.
+"""
 from __future__ import annotations
 
 import re
+import threading
+import weakref
 from typing import Any, Iterable
 
 MASK = "***"
@@ -11,8 +28,10 @@ MASK = "***"
 _SECRET_WORDS = {
     "password", "passwd", "pwd", "passphrase", "secret", "secrets", "token", "apikey",
     "credential", "credentials", "auth", "authorization", "cookie", "bearer", "privatekey",
-    "secretkey", "accesskey", "sessionkey", "clientsecret", "dsn",
+    "secretkey", "accesskey", "sessionkey", "clientsecret", "dsn", "creds", "cred",
 }
+# Weak words: string values are masked ("db_pass", "pass").
+_WEAK_WORDS = {"pass", "pw"}
 # A segment "key"/"keys" preceded by one of these marks a secret ("api_key", "access_key").
 _KEY_PREFIXES = {"api", "access", "secret", "private", "auth", "encryption", "signing", "ssh",
                  "client", "session", "license", "master", "service"}
@@ -31,7 +50,7 @@ VALUE_PATTERNS = [re.compile(p) for p in (
     r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)",
 )]
 # scheme://user:password@host -> keep the user and host, mask the password.
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]+:)(?P<pw>[^\s@/]+)(?=@)")
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)(?P<pw>[^\s@/]+)(?=@)")
 # --api-key VALUE / --password=VALUE on a command line.
 _FLAG = re.compile(r"^--?(?P<name>[A-Za-z0-9_.-]+)(?:=(?P<value>.*))?$")
 
@@ -46,18 +65,46 @@ def _segments(key: str) -> list[str]:
 def key_is_secret(key: str) -> str | None:
     """How surely the last component of a (dotted) config key names a secret.
 
-    "strong" ("password", "api_key", "hf_token"): any value but booleans is masked;
-    "weak" (any other "..._key", e.g. "openai_key"): string values are masked; None: not a secret.
+    "strong" ("password", "api_key", "hf_token", "tokens"): any value but booleans is masked;
+    "weak" (any other "..._key", e.g. "openai_key", or "db_pass"): string values are masked;
+    None: not a secret.
     """
-    segs = _segments(str(key).rsplit(".", 1)[-1])
+    return _component_is_secret(str(key).rsplit(".", 1)[-1])
+
+
+def _component_is_secret(component: str) -> str | None:
+    segs = _segments(component)
     if any(s in _SECRET_WORDS for s in segs) or any(a + b in _SECRET_WORDS for a, b in zip(segs, segs[1:])):
+        return "strong"
+    if len(segs) == 1 and segs[0].endswith("s") and segs[0][:-1] in _SECRET_WORDS:  # "tokens", "passwords"
         return "strong"
     for i, seg in enumerate(segs):
         if seg in ("key", "keys") and i > 0 and segs[i - 1] in _KEY_PREFIXES:
             return "strong"
-    if segs and segs[-1] in ("key", "keys"):
+    if segs and (segs[-1] in ("key", "keys") or segs[-1] in _WEAK_WORDS):
         return "weak"
     return None
+
+
+def parent_is_secret(key: str) -> bool:
+    """Whether a parent part of the dotted key path names a secret (its whole subtree is masked)."""
+    parts = str(key).split(".")[:-1]
+    return any(_component_is_secret(p) == "strong" for p in parts)
+
+
+# Every live Redactor (one per open run): `scrub` applies them all to text bound for stderr.
+_live: "weakref.WeakSet[Redactor]" = weakref.WeakSet()
+
+
+def scrub(text: str) -> str:
+    """`text` with every open run's secrets masked, and URL passwords; for messages autolog
+    prints (stderr) or stores from places that do not know the run. Never raises."""
+    try:
+        for redactor in list(_live):
+            text = redactor.text(text)
+        return _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
+    except Exception:  # noqa: BLE001 -- a message is better shortened than lost with an error
+        return "<message withheld: it could not be scrubbed of secrets>"
 
 
 class Redactor:
@@ -73,30 +120,56 @@ class Redactor:
                 raise TypeError(f"redact: expected regular expressions (str or re.Pattern), got {pattern!r}")
             self.extra.append(pattern)
         self.literals: set[str] = set()
+        self._lock = threading.Lock()
+        self._short: re.Pattern[str] | None = None  # literals under 4 characters, as words
+        self._long: list[str] = []  # the others, longest first
+        _live.add(self)
 
     def key_matches(self, key: str, value: Any = "") -> bool:
-        """Whether the value under `key` must be masked."""
+        """Whether the value under `key` (a dotted path) must be masked."""
         if value is None or isinstance(value, bool):
             return False
         if any(p.search(key) for p in self.extra):
+            return True
+        if parent_is_secret(key):
             return True
         strength = key_is_secret(key)
         return strength == "strong" or (strength == "weak" and isinstance(value, (str, bytes)))
 
     def _remember(self, value: Any) -> None:
-        if isinstance(value, str) and len(value) >= 6:
+        """Scrub `value` (a masked secret) from every later text."""
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                self._remember(item)
+            return
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 100000:
+            value = str(value)
+        if not isinstance(value, str) or not value or value == MASK or value in self.literals:
+            return
+        with self._lock:
             self.literals.add(value)
+            self._long = sorted((x for x in self.literals if len(x) >= 4), key=len, reverse=True)
+            short = sorted((x for x in self.literals if len(x) < 4), key=len, reverse=True)
+            self._short = re.compile("(?<![A-Za-z0-9])(?:" + "|".join(map(re.escape, short)) + ")(?![A-Za-z0-9])") \
+                if short else None
 
     def text(self, value: str) -> str:
-        """`value` with every known secret literal and well-known key format masked."""
+        """`value` with every known secret literal, URL password and well-known key format masked."""
         if not isinstance(value, str) or not value:
             return value
-        for literal in sorted(self.literals, key=len, reverse=True):
+        for literal in self._long:
             if literal in value:
                 value = value.replace(literal, MASK)
+        if self._short is not None:
+            value = self._short.sub(MASK, value)
         for pattern in VALUE_PATTERNS:
             value = pattern.sub(MASK, value)
-        return _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, value)
+        return _URL_PASSWORD.sub(self._url_password, value)
+
+    def _url_password(self, match: re.Match[str]) -> str:
+        if match.group("pw") != MASK:
+            self._remember(match.group("pw"))
+        return match.group("head") + MASK
 
     def config(self, flat: dict[str, Any]) -> dict[str, Any]:
         """A copy of a flattened config with secret keys and secret-looking values masked."""
@@ -138,12 +211,14 @@ class Redactor:
             out.append(arg)
         return [self.text(a) for a in out]
 
-    def deep(self, value: Any) -> Any:
+    def deep(self, value: Any, depth: int = 0) -> Any:
         """Strings inside nested dicts/lists masked (for meta)."""
         if isinstance(value, str):
             return self.text(value)
+        if depth > 20:
+            return value
         if isinstance(value, dict):
-            return {k: self.deep(v) for k, v in value.items()}
+            return {k: self.deep(v, depth + 1) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
-            return [self.deep(v) for v in value]
+            return [self.deep(v, depth + 1) for v in value]
         return value

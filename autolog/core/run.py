@@ -10,7 +10,6 @@ import signal
 import sys
 import threading
 import time
-import traceback
 import weakref
 from typing import Any, Callable, Mapping
 
@@ -22,11 +21,12 @@ from autolog.core import distributed
 from autolog.core import process
 from autolog.pipeline import media as media_mod
 from autolog.core import meta as meta_mod
+from autolog.core import validate
 from autolog.store import format as store
 from autolog.pipeline.buffer import RunBuffer
 from autolog.pipeline.writer import Pipeline
 from autolog.pipeline.records import Batch, MediaRecord, RunInfo, RunResult
-from autolog.core.redact import Redactor
+from autolog.core.redact import Redactor, scrub
 from autolog.core.settings import Settings, safe_component
 from autolog.sinks import resolve_sinks
 from autolog.sinks.local import LocalSink
@@ -52,44 +52,6 @@ def new_run_id(parent: str) -> tuple[str, str]:
         except FileExistsError:
             continue
     raise RuntimeError(f"could not create a unique run directory under {parent!r}")
-
-
-def _check_key(key: Any, what: str) -> str:
-    if not isinstance(key, str) or not key:
-        raise TypeError(f"{what}: metric names must be non-empty strings, got {key!r}")
-    return key
-
-
-def _flatten_metrics(data: Mapping[Any, Any], prefix: str, out: list[tuple[str, Any]]) -> None:
-    for key, value in data.items():
-        key = _check_key(key, "autolog.log")
-        name = f"{prefix}/{key}" if prefix else key
-        if type(value) is float:  # the common case first: typing.Mapping's isinstance costs ~1 µs
-            out.append((name, value))
-        elif not isinstance(value, torch.Tensor) and isinstance(value, Mapping):
-            _flatten_metrics(value, name, out)
-        else:
-            out.append((name, _check_scalar(name, value)))
-
-
-def _check_scalar(name: str, value: Any) -> Any:
-    """`value` as a Python float or a detached one-element tensor; raises naming `name`."""
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"autolog.log: {name!r} must be a scalar: expected a tensor with one "
-                             f"element, got shape {tuple(value.shape)}")
-        if value.is_complex():
-            raise TypeError(f"autolog.log: {name!r}: expected a real number, got a complex tensor")
-        return value.detach()
-    if isinstance(value, (bool, int, float)):
-        return float(value)
-    if isinstance(value, (np.generic, np.ndarray)) and np.asarray(value).size == 1 \
-            and np.asarray(value).dtype.kind in "biuf":
-        return float(np.asarray(value).reshape(()))
-    if isinstance(value, (np.ndarray,)):
-        raise ValueError(f"autolog.log: {name!r} must be a scalar: expected one element, got shape {value.shape}")
-    raise TypeError(f"autolog.log: {name!r}: expected a number or a one-element tensor, "
-                    f"got {type(value).__name__} {value!r:.60}")
 
 
 class Run:
@@ -174,8 +136,8 @@ class Run:
 
             instrument(self)  # automatic capture; undone by the hooks it adds to self._on_finish
         except Exception as exc:  # noqa: BLE001 -- never break the user's training
-            self.meta["capture_error"] = f"{type(exc).__name__}: {exc}"
-            print(f"autolog: automatic capture is off for this run: {type(exc).__name__}: {exc}", file=sys.stderr)
+            self.meta["capture_error"] = self._redactor.text(f"{type(exc).__name__}: {validate.safe_str(exc)}")
+            print(f"autolog: automatic capture is off for this run: {self.meta['capture_error']}", file=sys.stderr)
 
     def _record(self) -> dict[str, Any]:
         return {"format": store.FORMAT_VERSION, "id": self.id, "name": self.name, "project": self.project,
@@ -207,17 +169,14 @@ class Run:
             try:
                 hook(self)
             except Exception as e:  # noqa: BLE001 -- instrumentation must not mask the run's end
-                print(f"autolog: while ending the run: {type(e).__name__}: {e}", file=sys.stderr)
+                print(self._redactor.text(f"autolog: while ending the run: {type(e).__name__}: "
+                                          f"{validate.safe_str(e)}"), file=sys.stderr)
         end = time.time()
         self.meta.update(end_time=meta_mod.iso(end), end_timestamp=end,
                          duration=time.monotonic() - self._start_mono, step=self._step)
         failure = None
         if exc is not None:
-            failure = self._redactor.deep({
-                "exception_type": type(exc).__qualname__,
-                "exception_message": str(exc),
-                "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-            })
+            failure = self._redactor.deep(meta_mod.exception_record(exc))
             self.meta.update(failure)
         if self.coordinator is not None:
             status = self._finish_distributed(status, failure)
@@ -229,7 +188,12 @@ class Run:
             return
         self._handoff(force=True)
         self.pipeline.close(self._result, self.settings.close_timeout)
+        if "_capture" in self.__dict__:
+            from autolog.capture.safe import flush_warnings
+
+            flush_warnings()  # warnings the writer found, told on the user's line
         self.meta.update(self.pipeline.meta())
+        self.meta = self._redactor.deep(self.meta)  # sink and capture errors may quote a secret
         self.summary = {**self._last_values, **self.summary}
         self._write_record()
         lock_fd, self._lock_fd = self._lock_fd, None  # None first: a fork must never close the
@@ -264,7 +228,7 @@ class Run:
     def _result(self) -> RunResult:
         """Built on the writer thread once every batch has been seen, so the summary is whole."""
         return RunResult(status=self.status, summary={**self._last_values, **self.summary},
-                         meta=dict(self.meta), config=dict(self.config))
+                         meta=self._redactor.deep(dict(self.meta)), config=dict(self.config))
 
     def __enter__(self) -> "Run":
         return self
@@ -389,7 +353,7 @@ class Run:
         return record
 
     # ------------------------------------------------------------------ logging
-    def _step_for(self, step: Any, names: list[str]) -> int:
+    def _step_for(self, step: Any, names: list[str], what: str = "autolog.log") -> int:
         if step is None:
             if not self._optimizer_seen and any(n in self._keys_at_step for n in names):
                 self._step += 1  # no optimizer in this run: a repeated key starts a new step
@@ -398,9 +362,7 @@ class Run:
                     self._handoff()
             self._keys_at_step.update(names)
             return self._step
-        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-            raise TypeError(f"autolog.log: step: expected a non-negative integer, got {step!r}")
-        return int(step)
+        return validate.step(step, what)
 
     def log(self, data: Mapping[str, Any] | str, value: Any = None, *, step: int | None = None,
             prog_bar: bool = False, sync_dist: bool = False, reduce: str = "mean") -> None:
@@ -413,15 +375,9 @@ class Run:
         """
         if reduce not in distributed.REDUCE_OPS:
             raise ValueError(f"autolog.log: reduce: expected one of {', '.join(distributed.REDUCE_OPS)}, got {reduce!r}")
-        if isinstance(data, str):
-            items = [(_check_key(data, "autolog.log"), _check_scalar(data, value))]
-        elif isinstance(data, Mapping):
-            if value is not None:
-                raise TypeError("autolog.log: pass either a dict or a name and a value, not both")
-            items = []
-            _flatten_metrics(data, "", items)
-        else:
-            raise TypeError(f"autolog.log: expected a dict of metrics or a name, got {type(data).__name__}")
+        items = validate.metrics(data, value)
+        if step is not None:
+            step = validate.step(step)  # checked before anything is recorded
         if self._finished or self._forked or not items or (self.is_follower and not sync_dist):
             return
         step = self._step_for(step, [n for n, _ in items])
@@ -435,16 +391,17 @@ class Run:
         self.maybe_flush()
 
     def _media(self, kind: str, name: str, data: Any, step: int | None) -> None:
-        _check_key(name, f"log_{kind}")
+        what = f"autolog.log_{kind}"
+        name = validate.name(name, what)
+        step = self._step if step is None else validate.step(step, what)
         if self._finished or self._forked:
             return
-        step = self._step if step is None else self._step_for(step, [])
         self._buffer.add_media(MediaRecord(kind=kind, name=name, step=step, wall_time=time.time(), data=data))
         self.maybe_flush()
 
     def log_image(self, name: str, image: Any, step: int | None = None) -> None:
         """An image (HW/HWC/CHW array or tensor, or PIL image), stored as PNG in the run."""
-        self._media("image", name, media_mod.image_array(image, name), step)
+        self._media("image", name, media_mod.image_array(image, validate.name(name, "autolog.log_image")), step)
 
     def log_figure(self, name: str, figure: Any, step: int | None = None, close: bool = False) -> None:
         """A matplotlib figure, rendered now and stored as PNG; `close` closes it afterwards."""
@@ -457,9 +414,8 @@ class Run:
 
     def log_text(self, name: str, text: str, step: int | None = None) -> None:
         """A text (markdown in TensorBoard); secrets in known formats are masked."""
-        if not isinstance(text, str):
-            raise TypeError(f"log_text {name!r}: expected a str, got {type(text).__name__}")
-        self._media("text", name, self._redactor.text(text), step)
+        name = validate.name(name, "autolog.log_text")
+        self._media("text", name, self._redactor.text(validate.text(text, f"autolog.log_text {name!r}")), step)
 
     def update_config(self, values: Mapping[str, Any] | Any) -> None:
         """Add or change config entries during the run (flattened and redacted like the rest)."""
@@ -537,7 +493,16 @@ def _noop(*args: Any, **kwargs: Any) -> None:
 
 
 def finish_for_exception(run: "Run | NullRun", exc: BaseException | None) -> None:
-    """Finish `run` with the status an exception (or its absence) means."""
+    """Finish `run` with the status an exception (or its absence) means. Never raises: the
+    user's exception (or return value) must come out of the call unchanged."""
+    try:
+        _finish_for_exception(run, exc)
+    except Exception as err:  # noqa: BLE001
+        print(f"autolog: the run could not end cleanly: {type(err).__name__}: "
+              f"{scrub(validate.safe_str(err))}", file=sys.stderr)
+
+
+def _finish_for_exception(run: "Run | NullRun", exc: BaseException | None) -> None:
     if isinstance(run, NullRun):
         run.finish()
     elif exc is None:

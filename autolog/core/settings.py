@@ -7,6 +7,7 @@ import re
 import sys
 from typing import Any, Iterable, Mapping
 
+from autolog.core.validate import clean_text
 from autolog.capture.options import parse_capture
 
 DEFAULT_DIR = "runs"
@@ -138,14 +139,14 @@ def resolve(project: str | None = None, name: str | None = None, dir: str | os.P
         raise TypeError(f"project: expected a string, got {type(project).__name__}")
     return Settings(
         project=safe_component(project, "project"),
-        name=name,
+        name=None if name is None else clean_text(name),
         dir=os.fspath(dir or _from_env("dir") or DEFAULT_DIR),
         sinks=sinks,
         log_every=_positive_int("log_every", log_every),
         flush_secs=_positive_float("flush_secs", flush_secs),
         close_timeout=_positive_float("close_timeout", close_timeout),
         config=config,
-        tags=tags,
+        tags=tuple(clean_text(t) for t in tags),
         capture=parse_capture(capture),
         redact=tuple(redact or ()),
         mode=mode,

@@ -6,35 +6,58 @@ import os
 from typing import Any
 
 import numpy as np
+import torch
+
+
+def _tensor_to_numpy(image: torch.Tensor, what: str) -> np.ndarray:
+    kind = "meta-device" if image.is_meta else "quantized" if image.is_quantized else \
+        str(image.layout) if image.layout != torch.strided else None
+    if kind is not None:
+        raise TypeError(f"{what}: image: expected a dense tensor with data, got a {kind} tensor")
+    if image.is_complex():
+        raise TypeError(f"{what}: image: expected a real-valued image, got a complex tensor")
+    image = image.detach()
+    if image.is_floating_point() and image.dtype not in (torch.float32, torch.float64):
+        image = image.to(torch.float32)  # bfloat16/float16/float8: numpy has no (or a lossy) twin
+    return image.cpu().resolve_conj().resolve_neg().numpy()
 
 
 def image_array(image: Any, name: str = "image") -> np.ndarray:
     """A uint8 HWC array (1, 3 or 4 channels) from a PIL image, numpy array or tensor.
 
     Arrays may be HW, HWC or CHW (CHW when the first axis has 1, 3 or 4 entries and the last
-    does not). Floating-point values are taken to lie in [0, 1]; integers in [0, 255].
+    does not). Floating-point values (any float dtype: float16 and bfloat16 tensors are converted)
+    are taken to lie in [0, 1], NaN as 0; integers in [0, 255]; booleans as 0/255.
     A tensor is copied to the host here: `log_image` is an explicit call, not the hot path.
+    A bad image raises TypeError (not an image, or not numeric) or ValueError (shape), naming it.
     """
+    what = f"autolog.log_image {name!r}"
     if hasattr(image, "convert") and hasattr(image, "mode"):  # PIL
         image = np.asarray(image.convert("RGBA" if "A" in image.mode else "RGB"))
-    elif hasattr(image, "detach") and hasattr(image, "cpu"):  # torch
-        image = image.detach().cpu().numpy()
-    arr = np.asarray(image)
-    if arr.dtype == object or arr.ndim not in (2, 3) or arr.size == 0:
-        raise ValueError(f"log_image {name!r}: expected an HW, HWC or CHW image, got shape {arr.shape}")
+    elif isinstance(image, torch.Tensor):
+        image = _tensor_to_numpy(image, what)
+    if isinstance(image, (str, bytes)) or image is None:
+        raise TypeError(f"{what}: image: expected an array, tensor or PIL image, got {type(image).__name__}")
+    try:
+        arr = np.asarray(image)
+    except Exception as exc:  # noqa: BLE001 -- the user's object could not become an array
+        raise TypeError(f"{what}: image: expected an array, tensor or PIL image, got {type(image).__name__} "
+                        f"({type(exc).__name__} converting it)") from None
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{what}: image: expected a numeric (bool, integer or float) image, got dtype {arr.dtype}")
+    if arr.ndim not in (2, 3) or arr.size == 0:
+        raise ValueError(f"{what}: image: expected an HW, HWC or CHW image, got shape {arr.shape}")
     if arr.ndim == 2:
         arr = arr[:, :, None]
     elif arr.shape[-1] not in (1, 3, 4) and arr.shape[0] in (1, 3, 4):
         arr = np.transpose(arr, (1, 2, 0))
     if arr.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"log_image {name!r}: expected 1, 3 or 4 channels, got shape {arr.shape}")
+        raise ValueError(f"{what}: image: expected 1, 3 or 4 channels, got shape {arr.shape}")
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
     elif np.issubdtype(arr.dtype, np.floating):
         arr = np.clip(np.nan_to_num(arr.astype(np.float64)) * 255.0 + 0.5, 0, 255).astype(np.uint8)
     elif arr.dtype != np.uint8:
-        if not np.issubdtype(arr.dtype, np.integer):
-            raise TypeError(f"log_image {name!r}: expected a numeric image, got dtype {arr.dtype}")
         arr = np.clip(arr, 0, 255).astype(np.uint8)
     return np.ascontiguousarray(arr)
 

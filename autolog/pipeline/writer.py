@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from autolog.store.log import EventLog
 from autolog.pipeline.follower import Follower, Positions
+from autolog.core.redact import scrub
 from autolog.pipeline.records import Batch, RunInfo, RunResult
 from autolog.sinks.base import Sink
 
@@ -77,7 +78,7 @@ class Pipeline:
         if sink in self._reported:
             return
         self._reported.add(sink)
-        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        detail = scrub("".join(traceback.format_exception_only(type(exc), exc)).strip())  # no secret on stderr
         print(f"autolog: sink {sink!r} failed in {what}() and is isolated; the run, its log and the "
               f"other sinks go on. {detail}", file=sys.stderr)
 
