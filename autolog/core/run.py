@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import math
 
 import os
-import secrets
 import signal
 import sys
 import threading
@@ -22,6 +20,7 @@ from autolog.core import config as config_mod
 from autolog.core import distributed
 from autolog.pipeline import media as media_mod
 from autolog.core import meta as meta_mod
+from autolog.store import files as store_files
 from autolog.store import format as store
 from autolog.pipeline.buffer import RunBuffer
 from autolog.pipeline.writer import Pipeline
@@ -37,20 +36,6 @@ _state_lock = threading.RLock()
 
 def current() -> "Run | None":
     return _active[-1] if _active else None
-
-
-def new_run_id(parent: str) -> tuple[str, str]:
-    """A run id unique across processes, and its freshly created directory under `parent`."""
-    os.makedirs(parent, exist_ok=True)
-    for _ in range(100):
-        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(4)
-        path = os.path.join(parent, run_id)
-        try:
-            os.mkdir(path)  # exclusive: a collision picks another id
-            return run_id, path
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"could not create a unique run directory under {parent!r}")
 
 
 def _check_key(key: Any, what: str) -> str:
@@ -148,10 +133,10 @@ class Run:
         else:
             sinks = resolve_sinks(s.sinks)  # bad sink names fail before anything is written
             parent = os.path.join(s.dir, self.project)
-            self.id, self.path = new_run_id(parent)
+            self.id, self.path = store_files.new_run_dir(parent)
             self.name = s.name or self.id
-            self._lock_fd = os.open(os.path.join(self.path, store.LOCK_FILE), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o644)
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._lock_fd = store_files.hold_lock(self.path)
+            self.files = store_files.RunFiles(self.path)
             self._write_record()
             info = RunInfo(id=self.id, name=self.name, project=self.project, path=self.path,
                            config=dict(self.config), meta=dict(self.meta), tags=self.tags,
@@ -177,8 +162,16 @@ class Run:
                 "tags": list(self.tags), "status": self.status, "config": self.config,
                 "meta": self.meta, "summary": self.summary}
 
-    def _write_record(self) -> None:
-        store.write_json_atomic(os.path.join(self.path, store.RUN_FILE), self._record())
+    def _write_record(self, final: bool = False) -> None:
+        self.files.write_record(self._record(), final)  # never raises: errors go to store_errors
+
+    def _store_errors(self) -> dict[str, Any]:
+        """What the store could not write, per file, for meta["store_errors"]."""
+        errors = {name: e for name, e in self.files.errors.items() if e}
+        for worker in self.pipeline.workers:
+            if worker.sink.name == "local" and getattr(worker.sink, "errors", None):
+                errors[store.EVENTS_FILE] = worker.sink.errors
+        return errors
 
     def finish(self, status: str = "finished", exc: BaseException | None = None) -> None:
         """End the run: hand off what is left, wait for the sinks, record the final status."""
@@ -223,7 +216,10 @@ class Run:
         if not ok:
             self.meta["sinks_timed_out"] = True
         self.summary = {**self._last_values, **self.summary}
-        self._write_record()
+        store_errors = self._store_errors()
+        if store_errors:
+            self.meta["store_errors"] = store_errors
+        self._write_record(final=True)
         os.close(self._lock_fd)
         _signals.uninstall()
         _excepthook.uninstall()
@@ -356,12 +352,9 @@ class Run:
 
     def _store_media(self, record: MediaRecord) -> MediaRecord:
         if record.kind in ("image", "figure"):
-            folder = os.path.join(self.path, store.MEDIA_DIR)
-            os.makedirs(folder, exist_ok=True)
             self._media_count += 1
-            rel = os.path.join(store.MEDIA_DIR, f"{safe_component(record.name, 'image')}_{record.step}_{self._media_count}.png")
-            with open(os.path.join(self.path, rel), "wb") as fh:
-                fh.write(store.encode_png(record.data))
+            rel = self.files.write_png(f"{safe_component(record.name, 'image')}_{record.step}_{self._media_count}",
+                                       record.data)  # None when it could not be written (counted)
             return dataclasses.replace(record, path=rel)
         return record
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from autolog.store import files
 from autolog.store import format as store
 from autolog.core.settings import DEFAULT_DIR, ENV
 
@@ -20,7 +21,7 @@ _NON_FINITE = ("nan", "inf", "-inf")  # how run.json spells non-finite summary v
 def _lock_is_held(path: str) -> bool:
     """Whether a live process holds the run's lock (a new descriptor conflicts even in-process)."""
     try:
-        fd = os.open(os.path.join(path, store.LOCK_FILE), os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(os.path.join(path, files.LOCK_FILE), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
     try:
@@ -38,7 +39,7 @@ class RunData:
 
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
-        record = store.read_json(os.path.join(self.path, store.RUN_FILE))
+        record = files.read_json(os.path.join(self.path, files.RUN_FILE))
         self.id: str = record["id"]
         self.name: str = record.get("name") or record["id"]
         self.project: str = record["project"]
@@ -57,7 +58,7 @@ class RunData:
 
     @cached_property
     def _events(self) -> tuple[dict, dict, list]:
-        log = store.LogArrays(os.path.join(self.path, store.EVENTS_FILE))
+        log = store.LogArrays.read(os.path.join(self.path, store.EVENTS_FILE))
         histograms: dict[str, list[tuple[int, list[float], list[float]]]] = {}
         for item, edges, counts in log.histograms:
             histograms.setdefault(item["name"], []).append((int(item["step"]), edges, counts))
@@ -106,15 +107,15 @@ class RunData:
 def read_run(path: str | os.PathLike) -> RunData:
     """The run stored in directory `path` (``<dir>/<project>/<run id>``)."""
     path = os.fspath(path)
-    if not os.path.isfile(os.path.join(path, store.RUN_FILE)):
-        raise FileNotFoundError(f"read_run: no autolog run in {path!r} (expected {store.RUN_FILE} there)")
+    if not os.path.isfile(os.path.join(path, files.RUN_FILE)):
+        raise FileNotFoundError(f"read_run: no autolog run in {path!r} (expected {files.RUN_FILE} there)")
     return RunData(path)
 
 
 def list_runs(dir: str | os.PathLike | None = None, project: str | None = None) -> list[RunData]:
     """Every run under `dir` (default: $AUTOLOG_DIR, else "runs"), newest first."""
     root = os.fspath(dir or os.environ.get(ENV["dir"]) or DEFAULT_DIR)
-    pattern = os.path.join(glob.escape(root), glob.escape(project) if project else "*", "*", store.RUN_FILE)
+    pattern = os.path.join(glob.escape(root), glob.escape(project) if project else "*", "*", files.RUN_FILE)
     runs = []
     for record in glob.glob(pattern):
         try:
