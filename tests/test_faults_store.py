@@ -110,7 +110,7 @@ class _FullDisk:
     and for run.json while the reserve is still there to free."""
 
     def __init__(self, monkeypatch):
-        self.full = False
+        self.full = self.png_broken = False
         real_write_all = EventLog._write_all
         real_json = files.write_json_atomic
 
@@ -128,7 +128,7 @@ class _FullDisk:
         monkeypatch.setattr(EventLog, "_write_all", staticmethod(write_all))
         monkeypatch.setattr(files, "write_json_atomic", write_json)
         monkeypatch.setattr(files, "encode_png", lambda image: (_ for _ in ()).throw(
-            OSError(errno.ENOSPC, "No space left on device (injected)")) if self.full else b"png")
+            OSError(errno.ENOSPC, "No space left on device (injected)")) if self.full or self.png_broken else b"png")
 
 
 def test_injected_enospc_on_log_run_json_and_png(tmp_path, monkeypatch, capfd):
@@ -140,8 +140,9 @@ def test_injected_enospc_on_log_run_json_and_png(tmp_path, monkeypatch, capfd):
         for step in range(30):
             disk.full = 10 <= step < 20 or step >= 25
             autolog.log({"loss": float(step)}, step=step)
-            if step == 12:
-                autolog.log_image("sample", np.zeros((4, 4, 3), dtype=np.uint8), step=step)
+            if step in (12, 22, 23):  # 22: only the PNG fails, the log has room
+                disk.png_broken = step == 22
+                autolog.log_image(f"sample{step}", np.zeros((4, 4, 3), dtype=np.uint8), step=step)
             run.flush(wait=True)
         return 42
 
@@ -151,8 +152,9 @@ def test_injected_enospc_on_log_run_json_and_png(tmp_path, monkeypatch, capfd):
     assert [s for s, _ in run.metrics["loss"]] == list(range(10)) + list(range(20, 25))
     errors = run.meta["store_errors"]
     assert errors[fmt.EVENTS_FILE]["lost"]["scalars"] == 15
-    assert errors["media"]["lost"] == {"images": 1}
-    assert [m["path"] for m in run.media] == []  # the image's record went with its batch
+    assert errors["media"]["lost"] == {"images": 2}
+    assert [m["name"] for m in run.media] == ["sample23"]  # a PNG that failed is not indexed
+    assert os.listdir(os.path.join(run.path, files.MEDIA_DIR)) == [os.path.basename(run.media[0]["path"])]
     err = capfd.readouterr().err
     assert err.count("events.alog") == 1
 

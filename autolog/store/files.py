@@ -32,7 +32,7 @@ RESERVE_BYTES = 1 << 20  # freed on a full disk so that the run's end can still 
 
 def note_error(errors: dict[str, Any], exc: BaseException, lost: dict[str, int] | None = None) -> bool:
     """Count `exc` in `errors` (``count``, ``first_error``, ``lost``); True the first time."""
-    first = not errors
+    first = "count" not in errors
     errors["count"] = errors.get("count", 0) + 1
     errors.setdefault("first_error", f"{type(exc).__name__}: {exc}")
     if lost:

@@ -241,16 +241,18 @@ def _next_frame(data: bytes, pos: int) -> int:
         pos += 1
 
 
-def iter_records(data: bytes, start: int = 0, stats: ScanStats | None = None) -> Iterator[tuple[Record, int]]:
-    """Every complete, intact, well-formed record of a log's bytes from offset `start`, with the
-    offset just after it. Never raises on bad bytes: they are skipped and counted in `stats`."""
+def iter_records(data: bytes, start: int = 0, stats: ScanStats | None = None,
+                 base: int = 0) -> Iterator[tuple[Record, int]]:
+    """Every complete, intact, well-formed record of a log's bytes from file offset `start`, with
+    the file offset just after it. Never raises on bad bytes: they are skipped and counted in
+    `stats`. `data` holds the file from offset `base` on (a format-2 file read from the middle)."""
     stats = stats if stats is not None else ScanStats()
-    if data.startswith(MAGIC_V1):
+    if base == 0 and data.startswith(MAGIC_V1):
         yield from _iter_v1(data, start, stats)
         return
     view = memoryview(data)
-    pos, size = max(start, len(MAGIC)), len(data)
-    stats.end = pos
+    pos, size = max(start, len(MAGIC), base) - base, len(data)
+    stats.end = pos + base
     while pos + FRAME_SIZE <= size:
         frame = _next_frame(data, pos)
         if frame < 0:
@@ -278,13 +280,13 @@ def iter_records(data: bytes, start: int = 0, stats: ScanStats | None = None) ->
             record = decode_payload(payload)
         except BadRecord:
             stats.bad_records += 1
-            stats.end = pos
+            stats.end = pos + base
             continue
         record.seq = seq
         stats.records += 1
         stats.last_seq = seq
-        stats.end = pos
-        yield record, pos
+        stats.end = pos + base
+        yield record, pos + base
     stats.torn_tail = pos < size  # bytes left that are no complete record (yet)
 
 

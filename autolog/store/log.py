@@ -5,9 +5,12 @@ The byte format is described in `autolog.store`; framing and the codec live in
 """
 from __future__ import annotations
 
+import json
 import os
 import threading
 from typing import Any, Iterator
+
+import numpy as np
 
 from autolog.pipeline.records import Batch, HistogramRecord, MediaRecord
 from autolog.store import format as fmt
@@ -15,16 +18,64 @@ from autolog.store.files import tell_once
 
 
 def _media_index(batch: Batch) -> list[dict[str, Any]]:
-    """The media index entries of a batch (images and figures are already PNG files)."""
+    """The media index entries of a batch. Images and figures are already PNG files; one whose
+    file could not be written (``path`` None, counted by `RunFiles.write_png`) is not indexed."""
     return [{"kind": m.kind, "name": m.name, "step": m.step, "wall": m.wall_time, "path": m.path,
              "text": m.data if m.kind == "text" else (m.data or {}).get("text") if m.kind == "graph" else None}
-            for m in batch.media]
+            for m in batch.media if m.path is not None or m.kind not in ("image", "figure")]
 
 
 def encode(batch: Batch) -> bytes:
     """The payload of `batch` (empty when it holds nothing the log keeps)."""
     return fmt.encode_batch(batch.scalars, batch.histograms, _media_index(batch), batch.step,
                             batch.prog_bar, batch.config)
+
+
+_I64 = (-2 ** 63, 2 ** 63 - 1)
+
+
+def _storable_scalar(point: Any) -> bool:
+    name, step, value, wall = point
+    return (type(name) is str and isinstance(step, (int, np.integer)) and _I64[0] <= int(step) <= _I64[1]
+            and _is_float(value) and _is_float(wall))
+
+
+def _is_float(value: Any) -> bool:
+    try:
+        float(value)
+        return True
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+def _storable_histogram(h: Any) -> bool:
+    try:
+        return (type(h.name) is str and _I64[0] <= int(h.step) <= _I64[1] and _is_float(h.wall_time)
+                and len(np.asarray(h.edges, dtype="<f8")) == len(np.asarray(h.counts, dtype="<f8")) + 1)
+    except (TypeError, ValueError, OverflowError, AttributeError):
+        return False
+
+
+def _storable_json(value: Any) -> bool:
+    try:
+        json.dumps(value, default=fmt.json_default)
+        return True
+    except (TypeError, ValueError, OverflowError, RecursionError):
+        return False
+
+
+def storable(batch: Batch) -> tuple[Batch, dict[str, int]]:
+    """`batch` without the values the codec cannot store (a step beyond int64, a name that is no
+    string, ...), and how many of each were left out: one bad value costs only itself."""
+    scalars = [p for p in batch.scalars if _storable_scalar(p)]
+    histograms = [h for h in batch.histograms if _storable_histogram(h)]
+    media = [m for m in batch.media if _storable_json(_media_index(Batch(media=[m])))]
+    config = batch.config if batch.config is None or _storable_json(batch.config) else None
+    dropped = {"scalars": len(batch.scalars) - len(scalars), "histograms": len(batch.histograms) - len(histograms),
+               "media": len(batch.media) - len(media), "config": int(config is None and batch.config is not None)}
+    clean = Batch(scalars=scalars, histograms=histograms, media=media, config=config, step=batch.step,
+                  prog_bar=tuple(n for n in batch.prog_bar if type(n) is str))
+    return clean, {k: n for k, n in dropped.items() if n}
 
 
 class _Syncer:
@@ -126,10 +177,16 @@ class EventLog:
         while view:  # a write may be partial
             view = view[os.write(fd, view):]
 
-    def _fail(self, exc: OSError, batch: Batch) -> None:
+    def _fail(self, exc: Exception, batch: Batch) -> None:
         tell_once(self.errors, self.path, exc, {"batches": 1, "scalars": len(batch.scalars),
                                                 "histograms": len(batch.histograms), "media": len(batch.media)}
                   if batch else None)
+
+    def _reject(self, dropped: dict[str, int]) -> None:
+        """Count values left out because the log cannot store them (not a disk fault)."""
+        rejected = self.errors.setdefault("rejected", {})
+        for key, n in dropped.items():
+            rejected[key] = rejected.get(key, 0) + n
 
     def append(self, batch: Batch) -> int | None:
         """Append one batch; returns the file's end offset after it, or None if it was lost."""
@@ -137,9 +194,14 @@ class EventLog:
             return None
         try:
             payload = encode(batch)
-        except Exception as exc:  # noqa: BLE001 -- a value the codec cannot take costs its batch
-            self._fail(OSError(f"cannot encode the batch: {type(exc).__name__}: {exc}"), batch)
-            return None
+        except Exception:  # noqa: BLE001 -- a value the codec cannot take costs only itself
+            batch, dropped = storable(batch)
+            try:
+                payload = encode(batch)
+            except Exception as exc:  # noqa: BLE001
+                self._fail(ValueError(f"cannot encode the batch: {type(exc).__name__}: {exc}"), batch)
+                return None
+            self._reject(dropped)
         try:
             if self._fd is None:
                 self._open()
@@ -194,10 +256,12 @@ def read_batches(path: str, start: int = 0, stats: fmt.ScanStats | None = None) 
     still being written ends the iteration: read again from the last offset to get it."""
     try:
         with open(path, "rb") as fh:
+            base = start if start > len(fmt.MAGIC) and fh.read(len(fmt.MAGIC)) == fmt.MAGIC else 0
+            fh.seek(base)  # a follower reads only what it has not seen
             data = fh.read()
     except FileNotFoundError:
         return
-    for record, end in fmt.iter_records(data, start, stats):
+    for record, end in fmt.iter_records(data, start, stats, base):
         names = record.names
         batch = Batch(step=record.step, prog_bar=record.prog_bar, config=record.config)
         if len(record.keys):
