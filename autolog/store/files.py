@@ -42,10 +42,19 @@ def note_error(errors: dict[str, Any], exc: BaseException, lost: dict[str, int] 
     return first
 
 
-def tell_once(errors: dict[str, Any], what: str, exc: BaseException, lost: dict[str, int] | None = None) -> None:
-    """`note_error`, and on the first error a line on stderr saying what goes on."""
+_told: set[str] = set()  # run directories whose write errors were already told on stderr
+
+
+def tell_once(errors: dict[str, Any], path: str, exc: BaseException, lost: dict[str, int] | None = None) -> None:
+    """`note_error`, and on the run directory's first error a line on stderr saying what goes on
+    (one line per run however many of its files fail). `path`: the file that failed."""
     if note_error(errors, exc, lost):
-        print(f"autolog: cannot write {what}: {type(exc).__name__}: {exc}; training goes on, what "
+        parent = os.path.dirname(path)
+        run_dir = os.path.dirname(parent) if os.path.basename(parent) == MEDIA_DIR else parent
+        if run_dir in _told:
+            return
+        _told.add(run_dir)
+        print(f"autolog: cannot write {path}: {type(exc).__name__}: {exc}; training goes on, what "
               f"cannot be written is counted in meta['store_errors'] and writing is retried",
               file=sys.stderr)
 
@@ -206,5 +215,5 @@ class RunFiles:
                 os.unlink(os.path.join(self.path, rel))
             except OSError:
                 pass
-            tell_once(self.errors.setdefault("media", {}), os.path.join(self.path, MEDIA_DIR), exc, {"images": 1})
+            tell_once(self.errors.setdefault("media", {}), os.path.join(self.path, rel), exc, {"images": 1})
             return None

@@ -142,6 +142,7 @@ class EventLog:
         self._seq = 0
         self._syncer: _Syncer | None = None
         self._closed = False
+        self._lock = threading.Lock()  # append and close may come from different threads
         try:
             self._open()
         except OSError as exc:
@@ -189,9 +190,12 @@ class EventLog:
             rejected[key] = rejected.get(key, 0) + n
 
     def append(self, batch: Batch) -> int | None:
-        """Append one batch; returns the file's end offset after it, or None if it was lost."""
-        if self._closed:
-            return None
+        """Append one batch; returns the file's end offset after it, or None if it was lost (or
+        the log is closed)."""
+        with self._lock:
+            return self._append(batch) if not self._closed else None
+
+    def _append(self, batch: Batch) -> int | None:
         try:
             payload = encode(batch)
         except Exception:  # noqa: BLE001 -- a value the codec cannot take costs only itself
@@ -214,24 +218,38 @@ class EventLog:
                     raise
                 self._seq += 1
                 self._end += len(record)
-                if self._syncer is not None:
-                    self._syncer.wrote()
-                else:
-                    os.fsync(self._fd)
-            return self._end
         except OSError as exc:
             self._fail(exc, batch)
             return None
+        if payload:
+            self._sync()
+        return self._end
+
+    def _sync(self) -> None:
+        if self._syncer is not None:
+            self._syncer.wrote()
+            return
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:  # the record is written; only its durability is in doubt
+            self._fail(exc, Batch())
 
     def _cut_back(self) -> None:
-        """Remove a record written only in part (the reader would skip it anyway)."""
+        """Remove a record written only in part; if that fails too, the reader skips it."""
         try:
             os.ftruncate(self._fd, self._end)
         except OSError:
-            pass
+            try:
+                self._end = os.fstat(self._fd).st_size  # the next record starts after the torn one
+            except OSError:
+                pass
 
     def close(self) -> None:
         """Fsync and close the file (idempotent, never raises)."""
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         self._closed = True
         fd, self._fd = self._fd, None
         if self._syncer is not None:
@@ -245,7 +263,10 @@ class EventLog:
             os.fsync(fd)
         except OSError as exc:
             self._fail(exc, Batch())
-        os.close(fd)
+        try:
+            os.close(fd)
+        except OSError as exc:
+            self._fail(exc, Batch())
 
 
 def read_batches(path: str, start: int = 0, stats: fmt.ScanStats | None = None) -> Iterator[tuple[Batch, int]]:
