@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 import autolog
+from autolog.pipeline.records import Batch
 from autolog.store import files, format as fmt
-from autolog.store.log import EventLog
+from autolog.store.log import EventLog, read_batches
+from tests.helpers import child, wait_line
 
 
 @pytest.fixture
@@ -195,3 +197,30 @@ def test_a_slow_fsync_loses_no_record(tmp_path):
     steps = [s for s, _ in run.metrics["train/loss"]]
     assert len(steps) == 5000 and len(set(steps)) == 5000
     assert "store_errors" not in run.meta and "sink_errors" not in run.meta
+
+
+def test_kill_9_while_appending_then_a_later_writer_continues_the_log(tmp_path):
+    """A child appends big records in a loop and is killed with SIGKILL wherever it is."""
+    proc = child(f"""
+        from autolog.pipeline.records import Batch
+        from autolog.store.log import EventLog
+        log = EventLog({str(tmp_path)!r}, fsync_secs=1.0)
+        i = 0
+        while True:
+            log.append(Batch(scalars=[("loss", i * 20000 + k, float(k), 0.0) for k in range(20000)], step=i))
+            i += 1
+            if i == 3:
+                print("appending", flush=True)
+    """, cwd=str(tmp_path))
+    wait_line(proc, "appending")
+    proc.kill()
+    proc.wait(timeout=30)
+    path = os.path.join(tmp_path, fmt.EVENTS_FILE)
+    stats = fmt.ScanStats()
+    steps = [b.step for b, _ in read_batches(path, 0, stats)]
+    assert steps == list(range(len(steps))) and len(steps) >= 3  # every complete record, in order
+    log = EventLog(str(tmp_path), fsync_secs=0)
+    log.append(Batch(scalars=[("loss", -1, 1.0, 0.0)], step=10 ** 6))
+    log.close()
+    after = [b.step for b, _ in read_batches(path)]
+    assert after == steps + [10 ** 6]
