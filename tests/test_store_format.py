@@ -69,6 +69,9 @@ def test_one_flipped_byte_hides_only_its_own_record(tmp_path):
             data[starts[k] + offset] ^= 0x40
             _rewrite(_events(run), bytes(data))
             assert _steps(run) == [i for i in range(8) if i != k], (k, offset)
+            stats = autolog.read_run(run).log_stats
+            # the last record damaged looks like one still being written: a torn tail
+            assert stats.records == 7 and stats.missing == (k != 7) and stats.torn_tail == (k == 7)
 
 
 def test_flipping_every_byte_of_a_small_log_costs_at_most_one_record(tmp_path):

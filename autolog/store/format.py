@@ -114,6 +114,7 @@ class ScanStats:
     skipped_bytes: int = 0
     torn_tail: bool = False
     last_seq: int = -1
+    missing: int = 0  # sequence numbers not seen between records taken (records lost to damage)
     end: int = 0  # where the next scan should start: after the last complete record
 
 
@@ -283,6 +284,8 @@ def iter_records(data: bytes, start: int = 0, stats: ScanStats | None = None,
             stats.end = pos + base
             continue
         record.seq = seq
+        if seq > stats.last_seq + 1 and (stats.records or start <= len(MAGIC)):
+            stats.missing += seq - stats.last_seq - 1  # from the start, the first is 0
         stats.records += 1
         stats.last_seq = seq
         stats.end = pos + base

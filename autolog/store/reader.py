@@ -85,6 +85,7 @@ class RunData:
     @cached_property
     def _events(self) -> tuple[dict, dict, list]:
         log = store.LogArrays.read(os.path.join(self.path, store.EVENTS_FILE))
+        self._log_stats = log.stats
         histograms: dict[str, list[tuple[int, list[float], list[float]]]] = {}
         for item, edges, counts in log.histograms:
             histograms.setdefault(item["name"], []).append((int(item["step"]), edges, counts))
@@ -107,6 +108,13 @@ class RunData:
         for series in histograms.values():
             series.sort(key=lambda item: item[0])
         return metrics, histograms, media
+
+    @property
+    def log_stats(self) -> store.ScanStats:
+        """What reading ``events.alog`` met: records read, bad records skipped, bytes skipped,
+        sequence numbers missing, and whether an incomplete record ends the file."""
+        self._events
+        return self._log_stats
 
     @property
     def metrics(self) -> dict[str, list[tuple[int, float]]]:
