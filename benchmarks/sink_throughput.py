@@ -82,9 +82,9 @@ def sink_write(name: str, path: str, batches: list[Any]) -> float:
 def local_read(path: str, expected: int) -> float:
     """Seconds for `read_run` to read the points a `LocalSink` wrote to `path`."""
     import autolog
-    from autolog.store import files, format as store
+    from autolog.store import format as store
 
-    files.write_json_atomic(os.path.join(path, files.RUN_FILE),
+    store.write_json_atomic(os.path.join(path, store.RUN_FILE),
                             {"format": store.FORMAT_VERSION, "id": os.path.basename(path),
                              "project": "bench", "status": "finished"})
     t0 = time.perf_counter()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import autolog
-from autolog.store import files as store
+from autolog.store import format as store
 from autolog.tools import cli, replay
 
 COUNTS = [[1.0, 2.0, 3.0, 0.0], [0.0, 4.0, 4.0, 1.0], [2.0, 2.0, 2.0, 2.0]]

@@ -12,7 +12,7 @@ import io
 import os
 from typing import Any
 
-from autolog.store import files as store
+from autolog.store import format as store
 from autolog.pipeline.records import Batch, RunInfo, RunResult, ScalarPoint
 from autolog.sinks.base import Sink
 

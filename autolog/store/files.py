@@ -21,8 +21,6 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from autolog.store.format import json_default
-
 RUN_FILE = "run.json"
 LOCK_FILE = ".lock"
 MEDIA_DIR = "media"
@@ -60,6 +58,17 @@ def tell_once(errors: dict[str, Any], path: str, exc: BaseException, lost: dict[
 
 
 # ---------------------------------------------------------------- JSON
+
+def json_default(value: Any) -> Any:
+    """JSON for the odd values that reach run.json or a record (numpy numbers, paths, sets)."""
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return repr(value)
+
 
 def _finite_or_str(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):

@@ -16,6 +16,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from autolog.store.files import json_default
+# Moved to `autolog.store.files`; re-exported here for one release (code written against the old layout).
+from autolog.store.files import LOCK_FILE, MEDIA_DIR, RUN_FILE, atomic_file, encode_png, read_json, write_json_atomic  # noqa: F401
+
 EVENTS_FILE = "events.alog"
 MAGIC = b"AUTOLOG2"  # the file header of the current format
 MAGIC_V1 = b"AUTOLOG1"  # version 1: unframed records, still read
@@ -32,17 +36,6 @@ _SCALAR_BYTES = 4 + 8 + 8 + 8  # u32 key, i64 step, f64 value, f64 wall per poin
 
 class BadRecord(ValueError):
     """A record whose checksum matched but whose header does not describe its payload."""
-
-
-def json_default(value: Any) -> Any:
-    """JSON for the odd values that reach a record or run.json (numpy numbers, paths, sets)."""
-    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-        return value.item()
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    if hasattr(value, "__fspath__"):
-        return value.__fspath__()
-    return repr(value)
 
 
 # ---------------------------------------------------------------- writing
@@ -322,11 +315,16 @@ def _iter_v1(data: bytes, start: int, stats: ScanStats) -> Iterator[tuple[Record
 
 
 class LogArrays:
-    """Everything intact in a log's bytes, in log order, as columns: scalars as parallel arrays
+    """Everything intact in a log file, in log order, as columns: scalars as parallel arrays
     (``keys`` indexes ``names``), histograms as (item header, edges, counts), media as their
-    index entries. Shared by `read_run` and the replay."""
+    index entries; `stats` says what the scan met. Shared by `read_run` and the replay."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, path: str) -> None:
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            data = b""
         self.stats = ScanStats()
         index: dict[str, int] = {}
         parts: tuple[list, list, list, list] = ([], [], [], [])
@@ -344,13 +342,3 @@ class LogArrays:
         self.keys, self.steps, self.values, self.walls = (
             np.concatenate(part).astype(dtype, copy=False) if part else np.zeros(0, dtype=dtype)
             for part, dtype in zip(parts, empty))
-
-    @classmethod
-    def read(cls, path: str) -> "LogArrays":
-        """The columns of the log file `path` (empty when it does not exist)."""
-        try:
-            with open(path, "rb") as fh:
-                return cls(fh.read())
-        except FileNotFoundError:
-            return cls(b"")
-

@@ -64,18 +64,17 @@ def _storable_json(value: Any) -> bool:
         return False
 
 
-def storable(batch: Batch) -> tuple[Batch, dict[str, int]]:
-    """`batch` without the values the codec cannot store (a step beyond int64, a name that is no
-    string, ...), and how many of each were left out: one bad value costs only itself."""
-    scalars = [p for p in batch.scalars if _storable_scalar(p)]
-    histograms = [h for h in batch.histograms if _storable_histogram(h)]
-    media = [m for m in batch.media if _storable_json(_media_index(Batch(media=[m])))]
-    config = batch.config if batch.config is None or _storable_json(batch.config) else None
-    dropped = {"scalars": len(batch.scalars) - len(scalars), "histograms": len(batch.histograms) - len(histograms),
-               "media": len(batch.media) - len(media), "config": int(config is None and batch.config is not None)}
-    clean = Batch(scalars=scalars, histograms=histograms, media=media, config=config, step=batch.step,
-                  prog_bar=tuple(n for n in batch.prog_bar if type(n) is str))
-    return clean, {k: n for k, n in dropped.items() if n}
+def keep_storable(batch: Batch) -> int:
+    """Remove from `batch` the values the codec cannot store (a step beyond int64, a name that is
+    no string, an unserialisable config, ...); returns how many: one bad value costs only itself."""
+    before = len(batch.scalars) + len(batch.histograms) + len(batch.media) + (batch.config is not None)
+    batch.scalars = [p for p in batch.scalars if _storable_scalar(p)]
+    batch.histograms = [h for h in batch.histograms if _storable_histogram(h)]
+    batch.media = [m for m in batch.media if _storable_json(_media_index(Batch(media=[m])))]
+    if batch.config is not None and not _storable_json(batch.config):
+        batch.config = None
+    batch.prog_bar = tuple(n for n in batch.prog_bar if type(n) is str)
+    return before - (len(batch.scalars) + len(batch.histograms) + len(batch.media) + (batch.config is not None))
 
 
 class _Syncer:
@@ -127,7 +126,9 @@ class EventLog:
     inside every append). An ``OSError`` (a full disk, a vanished directory) costs the batch
     being appended: a partly written record is cut off again, the loss is counted in `errors`
     (``count``, ``first_error``, ``lost``) and told once on stderr, and the next append tries
-    again, so writing resumes when space returns.
+    again, so writing resumes when space returns. A value the log cannot store (a step beyond
+    int64) is removed from the batch given (so no follower sees what the log does not hold) and
+    counted in `dropped_values`; the rest of the batch is appended.
 
     Opening an existing log continues it: the sequence numbers go on, and a torn record left by
     a killed writer is skipped by the reader.
@@ -137,6 +138,7 @@ class EventLog:
         self.path = os.path.join(run_dir, fmt.EVENTS_FILE)
         self.fsync_secs = fsync_secs
         self.errors: dict[str, Any] = {}
+        self.dropped_values = 0  # values left out of their batch because the log cannot store them
         self._fd: int | None = None
         self._end = 0
         self._seq = 0
@@ -183,12 +185,6 @@ class EventLog:
                                                 "histograms": len(batch.histograms), "media": len(batch.media)}
                   if batch else None)
 
-    def _reject(self, dropped: dict[str, int]) -> None:
-        """Count values left out because the log cannot store them (not a disk fault)."""
-        rejected = self.errors.setdefault("rejected", {})
-        for key, n in dropped.items():
-            rejected[key] = rejected.get(key, 0) + n
-
     def append(self, batch: Batch) -> int | None:
         """Append one batch; returns the file's end offset after it, or None if it was lost (or
         the log is closed)."""
@@ -199,13 +195,12 @@ class EventLog:
         try:
             payload = encode(batch)
         except Exception:  # noqa: BLE001 -- a value the codec cannot take costs only itself
-            batch, dropped = storable(batch)
+            self.dropped_values += keep_storable(batch)
             try:
                 payload = encode(batch)
             except Exception as exc:  # noqa: BLE001
                 self._fail(ValueError(f"cannot encode the batch: {type(exc).__name__}: {exc}"), batch)
                 return None
-            self._reject(dropped)
         try:
             if self._fd is None:
                 self._open()

@@ -84,7 +84,7 @@ class RunData:
 
     @cached_property
     def _events(self) -> tuple[dict, dict, list]:
-        log = store.LogArrays.read(os.path.join(self.path, store.EVENTS_FILE))
+        log = store.LogArrays(os.path.join(self.path, store.EVENTS_FILE))
         self._log_stats = log.stats
         histograms: dict[str, list[tuple[int, list[float], list[float]]]] = {}
         for item, edges, counts in log.histograms:

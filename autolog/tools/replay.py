@@ -76,7 +76,7 @@ def run_result(run: RunData) -> RunResult:
 def _read_log(run: RunData) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray,
                                      list[HistogramRecord]]:
     """Every scalar point (name index, step, value, wall) and histogram, with wall times."""
-    log = store.LogArrays.read(os.path.join(run.path, store.EVENTS_FILE))
+    log = store.LogArrays(os.path.join(run.path, store.EVENTS_FILE))
     histograms = [HistogramRecord(item["name"], int(item["step"]), edges, counts, float(item.get("wall", 0.0)))
                   for item, edges, counts in log.histograms]
     order = np.argsort(log.steps, kind="stable")  # step order; log order within a step
