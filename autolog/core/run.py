@@ -22,6 +22,7 @@ from autolog.pipeline import media as media_mod
 from autolog.core import meta as meta_mod
 from autolog.store import files as store_files
 from autolog.store import format as store
+from autolog.store.log import EventLog
 from autolog.pipeline.buffer import RunBuffer
 from autolog.pipeline.writer import Pipeline
 from autolog.pipeline.records import Batch, MediaRecord, RunInfo, RunResult
@@ -165,13 +166,20 @@ class Run:
     def _write_record(self, final: bool = False) -> None:
         self.files.write_record(self._record(), final)  # never raises: errors go to store_errors
 
-    def _store_errors(self) -> dict[str, Any]:
-        """What the store could not write, per file, for meta["store_errors"]."""
+    def _store_meta(self) -> None:
+        """What the store could not write, per file, in meta["store_errors"]; values the log
+        could not store added to meta["dropped_values"]."""
         errors = {name: e for name, e in self.files.errors.items() if e}
-        for worker in self.pipeline.workers:
-            if worker.sink.name == "local" and getattr(worker.sink, "errors", None):
-                errors[store.EVENTS_FILE] = worker.sink.errors
-        return errors
+        logs = [getattr(self.pipeline, "log", None)]  # the run's log, or the local sink's
+        logs += [getattr(w.sink, "log", None) for w in getattr(self.pipeline, "workers", ())]
+        for log in logs:
+            if isinstance(log, EventLog):
+                if log.errors:
+                    errors[store.EVENTS_FILE] = dict(log.errors)
+                if log.dropped_values:
+                    self.meta["dropped_values"] = self.meta.get("dropped_values", 0) + log.dropped_values
+        if errors:
+            self.meta["store_errors"] = errors
 
     def finish(self, status: str = "finished", exc: BaseException | None = None) -> None:
         """End the run: hand off what is left, wait for the sinks, record the final status."""
@@ -216,9 +224,7 @@ class Run:
         if not ok:
             self.meta["sinks_timed_out"] = True
         self.summary = {**self._last_values, **self.summary}
-        store_errors = self._store_errors()
-        if store_errors:
-            self.meta["store_errors"] = store_errors
+        self._store_meta()
         self._write_record(final=True)
         os.close(self._lock_fd)
         _signals.uninstall()
