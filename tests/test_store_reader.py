@@ -11,7 +11,7 @@ import autolog
 from autolog.pipeline.records import Batch
 from autolog.store import files
 from autolog.store import format as fmt
-from autolog.store.log import EventLog
+from autolog.store.log import EventLog, read_batches
 from tests.helpers import child, wait_line
 
 
@@ -67,6 +67,13 @@ def test_random_damage_never_raises_and_spares_every_untouched_record(tmp_path):
         got = dict(autolog.read_run(run).metrics.get("loss", []))
         assert untouched <= set(got) <= set(range(20))
         assert all(got[k] == float(k) for k in got)  # nothing damaged is passed off as data
+        whole = fmt.ScanStats()
+        expected = [(b.step, end) for b, end in read_batches(path, 0, whole)]
+        for chunk in (40, 97, 500):  # a follower reading the file in pieces sees the same
+            pieces = fmt.ScanStats()
+            assert [(b.step, end) for b, end in read_batches(path, 0, pieces, chunk=chunk)] == expected
+            assert (pieces.records, pieces.bad_records, pieces.missing, pieces.torn_tail, pieces.end) == \
+                (whole.records, whole.bad_records, whole.missing, whole.torn_tail, whole.end)
 
 
 def test_read_run_while_the_run_is_writing(tmp_path):

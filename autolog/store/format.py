@@ -108,7 +108,8 @@ class ScanStats:
     torn_tail: bool = False
     last_seq: int = -1
     missing: int = 0  # sequence numbers not seen between records taken (records lost to damage)
-    end: int = 0  # where the next scan should start: after the last complete record
+    end: int = 0  # the offset after the last complete record
+    resume: int = 0  # where a scan of the next piece of the file starts
 
 
 _EMPTY_U4 = np.zeros(0, dtype="<u4")
@@ -236,37 +237,44 @@ def _next_frame(data: bytes, pos: int) -> int:
 
 
 def iter_records(data: bytes, start: int = 0, stats: ScanStats | None = None,
-                 base: int = 0) -> Iterator[tuple[Record, int]]:
+                 base: int = 0, final: bool = True) -> Iterator[tuple[Record, int]]:
     """Every complete, intact, well-formed record of a log's bytes from file offset `start`, with
     the file offset just after it. Never raises on bad bytes: they are skipped and counted in
-    `stats`. `data` holds the file from offset `base` on (a format-2 file read from the middle)."""
+    `stats`. `data` holds the file from offset `base` on (a format-2 file read in pieces); when it
+    is not `final` (more of the file follows), the scan stops at the first record that does not
+    fit and `stats.resume` says where the next piece should start."""
     stats = stats if stats is not None else ScanStats()
     if base == 0 and data.startswith(MAGIC_V1):
         yield from _iter_v1(data, start, stats)
         return
     view = memoryview(data)
     pos, size = max(start, len(MAGIC), base) - base, len(data)
-    stats.end = pos + base
+    if not stats.end:  # a fresh scan; a later piece of the same file keeps what came before
+        stats.end = pos + base
     while pos + FRAME_SIZE <= size:
         frame = _next_frame(data, pos)
-        if frame < 0:
-            break  # only garbage, or a frame header still being written, is left
+        if frame < 0:  # only garbage, or a frame header still being written, is left
+            garbage = max(pos, size - FRAME_SIZE + 1)  # no frame can start before this
+            stats.skipped_bytes += garbage - pos
+            pos = garbage
+            break
         if frame != pos:
             stats.skipped_bytes += frame - pos
             pos = frame
         _sync, seq, length, crc = _FRAME.unpack_from(data, pos)
         begin, end = pos + FRAME_SIZE, pos + FRAME_SIZE + length
         if end > size:
-            later = _next_frame(data, pos + 1)
+            later = _next_frame(data, pos + 1) if final else -1
             if later < 0:
-                stats.torn_tail = True  # cut short by a crash, or still being written
-                return
+                break  # cut short by a crash, still being written, or in the next piece
             stats.bad_records += 1  # torn, and the writer went on after it
+            stats.skipped_bytes += later - pos
             pos = later
             continue
         payload = view[begin:end]
         if zlib.crc32(payload) != crc:
             stats.bad_records += 1  # a corrupt byte: resynchronise inside it
+            stats.skipped_bytes += 1
             pos += 1
             continue
         pos = end
@@ -283,6 +291,7 @@ def iter_records(data: bytes, start: int = 0, stats: ScanStats | None = None,
         stats.last_seq = seq
         stats.end = pos + base
         yield record, pos + base
+    stats.resume = pos + base
     stats.torn_tail = pos < size  # bytes left that are no complete record (yet)
 
 

@@ -264,20 +264,43 @@ class EventLog:
             self._fail(exc, Batch())
 
 
-def read_batches(path: str, start: int = 0, stats: fmt.ScanStats | None = None) -> Iterator[tuple[Batch, int]]:
+READ_CHUNK = 16 << 20  # a follower catching up reads the log this much at a time
+
+
+def read_batches(path: str, start: int = 0, stats: fmt.ScanStats | None = None,
+                 chunk: int = READ_CHUNK) -> Iterator[tuple[Batch, int]]:
     """Every complete, intact record of the log file `path` from byte offset `start` (0: the
     beginning), as a `Batch`, with the offset just after it (where a later call resumes).
 
     Torn, corrupt or ill-formed records are skipped (counted in `stats` when given); a record
-    still being written ends the iteration: read again from the last offset to get it."""
+    still being written ends the iteration: read again from the last offset to get it. The file
+    is read `chunk` bytes at a time (more for a bigger record), so catching up on a long log
+    costs no more memory than that."""
+    stats = stats if stats is not None else fmt.ScanStats()
     try:
-        with open(path, "rb") as fh:
-            base = start if start > len(fmt.MAGIC) and fh.read(len(fmt.MAGIC)) == fmt.MAGIC else 0
-            fh.seek(base)  # a follower reads only what it has not seen
-            data = fh.read()
+        fh = open(path, "rb")
     except FileNotFoundError:
         return
-    for record, end in fmt.iter_records(data, start, stats, base):
+    with fh:
+        if fh.read(len(fmt.MAGIC)) == fmt.MAGIC_V1:
+            fh.seek(0)
+            yield from _batches(fmt.iter_records(fh.read(), start, stats))
+            return
+        pos = max(start, len(fmt.MAGIC))
+        while True:
+            fh.seek(pos)
+            data = fh.read(chunk)
+            final = len(data) < chunk or not fh.read(1)
+            yield from _batches(fmt.iter_records(data, start, stats, base=pos, final=final))
+            if final:
+                return
+            if stats.resume == pos:
+                chunk *= 2  # one record bigger than the chunk
+            pos = stats.resume
+
+
+def _batches(records: Iterator[tuple[fmt.Record, int]]) -> Iterator[tuple[Batch, int]]:
+    for record, end in records:
         names = record.names
         batch = Batch(step=record.step, prog_bar=record.prog_bar, config=record.config)
         if len(record.keys):
