@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 from autolog.pipeline.records import Batch, HistogramRecord, MediaRecord
 from autolog.store import format as fmt
-from autolog.store.files import tell_once
+from autolog.store.files import fsync_dir, tell_once
 
 
 def _media_index(batch: Batch) -> list[dict[str, Any]]:
@@ -56,8 +56,9 @@ class _Syncer:
     """Fsyncs a file descriptor on a thread of its own, at most every `secs` seconds and only
     after a write, so that a slow fsync (an NFS, a busy disk) never holds up an append."""
 
-    def __init__(self, fd: int, secs: float) -> None:
+    def __init__(self, fd: int, secs: float, new_dir: str | None = None) -> None:
         self.fd, self.secs = fd, secs
+        self.new_dir = new_dir  # the directory of a file just created: fsynced once, first
         self.cond = threading.Condition()
         self.dirty = self.closed = False
         self.error: OSError | None = None
@@ -77,6 +78,9 @@ class _Syncer:
                 if self.closed:
                     return
                 self.dirty = False
+            if self.new_dir is not None:
+                fsync_dir(self.new_dir or ".")
+                self.new_dir = None
             try:
                 os.fsync(self.fd)
             except OSError as exc:
@@ -119,6 +123,7 @@ class EventLog:
         self._seq = 0
         self._syncer: _Syncer | None = None
         self._closed = False
+        self._new_file = False
         self._lock = threading.Lock()  # append and close may come from different threads
         try:
             self._open()
@@ -133,6 +138,7 @@ class EventLog:
                 os.ftruncate(fd, 0)  # empty, or a header cut short
                 self._write_all(fd, fmt.MAGIC)
                 size = len(fmt.MAGIC)
+                self._new_file = True  # its name is made durable with its first fsync
             else:
                 with open(self.path, "rb") as fh:
                     data = fh.read()
@@ -147,7 +153,9 @@ class EventLog:
             raise
         self._fd, self._end = fd, size
         if self.fsync_secs > 0:
-            self._syncer = _Syncer(fd, self.fsync_secs)
+            self._syncer = _Syncer(fd, self.fsync_secs, os.path.dirname(self.path) if self._new_file else None)
+        elif self._new_file:
+            fsync_dir(os.path.dirname(self.path) or ".")
 
     @staticmethod
     def _write_all(fd: int, data: bytes) -> None:
