@@ -132,3 +132,28 @@ def test_every_record_written_reads_back_whatever_the_values(tmp_path):
         [[(n, int(s)) for n, s, _v, _w in b.scalars] for b in kept if b.scalars or b.histograms or b.config
          or any(m.path is not None or m.kind not in ("image", "figure") for m in b.media)]
     assert log.dropped_values > 0 and log.errors == {}
+
+
+def test_close_from_another_thread_while_appending(tmp_path):
+    import threading
+
+    log = EventLog(str(tmp_path), fsync_secs=0.01)
+    ends: list = []
+    started = threading.Event()
+
+    def writer():
+        for i in range(2000):
+            ends.append(log.append(_batch(i)))
+            started.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    started.wait()
+    log.close()  # appends after this return None; none raises, none is half written
+    thread.join()
+    written = [e for e in ends if e is not None]
+    assert written == sorted(written) and ends[len(written):] == [None] * (len(ends) - len(written))
+    stats = fmt.ScanStats()
+    read = list(read_batches(os.path.join(tmp_path, fmt.EVENTS_FILE), 0, stats))
+    assert len(read) == len(written) and stats.bad_records == 0 and not stats.torn_tail
+    assert log.errors == {}
