@@ -109,12 +109,16 @@ def _batch() -> Batch:
                         MediaRecord("image", "img", 3, 1003.0, data=image, path=None)])
 
 
-def test_open_write_close(kind, tmp_path):
-    make, read = SINKS[kind]
-    sink = make()
-    sink.open(_info(tmp_path))
+def _write_run(sink, path) -> None:
+    """open, one batch of everything (scalars, a histogram, a text, an image), close."""
+    sink.open(_info(path))
     sink.write(_batch())
     sink.close(RESULT)
+
+
+def test_open_write_close(kind, tmp_path):
+    make, read = SINKS[kind]
+    _write_run(make(), tmp_path)
     if read is not None:
         assert read(str(tmp_path)) == WANT
 
@@ -134,9 +138,7 @@ def test_write_before_open_raises_nothing_or_a_clear_error_and_writes_nothing(ki
 def test_a_batch_after_close_changes_nothing(kind, tmp_path):
     make, read = SINKS[kind]
     sink = make()
-    sink.open(_info(tmp_path))
-    sink.write(_batch())
-    sink.close(RESULT)
+    _write_run(sink, tmp_path)
     try:
         sink.write(Batch(scalars=[("train/loss", 99, 9.0, 2000.0)], step=99))
     except RuntimeError as exc:
@@ -147,10 +149,7 @@ def test_a_batch_after_close_changes_nothing(kind, tmp_path):
 
 def test_pickles_before_open_and_works_after(kind, tmp_path):
     make, read = SINKS[kind]
-    sink = pickle.loads(pickle.dumps(make()))
-    sink.open(_info(tmp_path))
-    sink.write(_batch())
-    sink.close(RESULT)
+    _write_run(pickle.loads(pickle.dumps(make())), tmp_path)
     if read is not None:
         assert read(str(tmp_path)) == WANT
 
