@@ -163,6 +163,10 @@ class Follower:
                 self.cond.wait(left)
             return True
 
+    def record_position(self) -> None:
+        """Write the sink's position to ``sinks.json`` now (after `caught_up`: it is exact)."""
+        self.positions.update(self.entry, offset=self.position, done=False)
+
     def abandon(self) -> None:
         """Stop after the current call (the close timeout passed); the position stays recorded."""
         with self.cond:

@@ -203,13 +203,17 @@ class Pipeline:
             return self._logged >= count
 
     def wait(self, timeout: float) -> bool:
-        """Block until the log and every sink have every batch submitted so far (or `timeout`)."""
+        """Block until the log and every sink have every batch submitted so far (or `timeout`);
+        the positions in ``sinks.json`` are then exact."""
         deadline = time.monotonic() + timeout
         if not self._wait_logged(self._submitted, deadline):
             return False
         ok = True
         for follower in self.followers:
-            ok = follower.caught_up(deadline) and ok
+            if follower.caught_up(deadline):
+                follower.record_position()  # so a kill -9 after this costs no duplicate
+            else:
+                ok = False
         return ok
 
     def close(self, make_result: Callable[[], RunResult], timeout: float) -> bool:

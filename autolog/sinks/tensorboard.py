@@ -259,7 +259,7 @@ class TensorBoardSink(Sink):
             self._config.update(result.config or {})
             # summary values that are not scalar series (e.g. the function's return values)
             extra = {k: v for k, v in result.summary.items()
-                     if k not in self._tags and _is_number(v)}
+                     if k not in self._tags and k not in result.series and _is_number(v)}
             if extra:
                 points = [(k, self._last_step, float(v), now) for k, v in extra.items()]
                 for summary, step, wall in scalar_summaries(points):

@@ -66,7 +66,7 @@ def run_info(run: RunData, mode: str | None = None, resumed: bool = False) -> Ru
 def run_result(run: RunData) -> RunResult:
     """How the run ended, with its status mapped by `STATUS_MAP`."""
     return RunResult(status=STATUS_MAP.get(run.status, "failed"), summary=dict(run.summary),
-                     meta=dict(run.meta), config=dict(run.config))
+                     meta=dict(run.meta), config=dict(run.config), series=frozenset(run.metrics))
 
 
 def _log_path(run: RunData) -> str:
