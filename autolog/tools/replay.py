@@ -32,7 +32,6 @@ Choices:
 """
 from __future__ import annotations
 
-import difflib
 import glob
 import os
 import sys
@@ -41,7 +40,7 @@ from typing import Any, Callable, Sequence
 
 from autolog.pipeline.follower import Follower, Positions, build_sink
 from autolog.pipeline.records import RunInfo, RunResult
-from autolog.sinks import Sink, available_sinks, sink_class
+from autolog.sinks import Sink, available_sinks, sink_class, unknown_sink_message
 from autolog.store import format as store
 from autolog.store.reader import RunData
 
@@ -109,14 +108,6 @@ def _follow(run: RunData, items: list[tuple[str, Sink, dict[str, Any], int]], in
 
 def _event_files(folder: str) -> list[str]:
     return glob.glob(os.path.join(glob.escape(folder), "events.out.tfevents.*"))
-
-
-def unknown_sink_message(name: str) -> str:
-    """``unknown sink 'x'; did you mean ...? available sinks: ...`` (as ``plot`` says it)."""
-    names = available_sinks()
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return f"unknown sink {name!r}{hint} (available sinks: {', '.join(names)})"
 
 
 def _make_sink(name: str, run: RunData, log_dir: str | None, force: bool) -> Sink:
