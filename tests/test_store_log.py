@@ -50,3 +50,45 @@ def test_append_never_raises_when_the_directory_is_gone(tmp_path, capsys):
     assert log.errors["count"] >= 2 and "FileNotFoundError" in log.errors["first_error"]
     assert log.errors["lost"]["scalars"] == 4
     assert capsys.readouterr().err.count("cannot write") == 1
+
+
+def test_a_value_the_log_cannot_store_costs_only_itself(tmp_path):
+    log = EventLog(str(tmp_path), fsync_secs=0)
+    bad = Batch(scalars=[("ok", 1, 1.0, 0.0), ("huge step", 2 ** 63, 1.0, 0.0), (3, 1, 1.0, 0.0),
+                         ("not a number", 1, "x", 0.0), ("ok", 2, 2.0, 0.0)],
+                histograms=[HistogramRecord("h", 1, [0.0, 1.0], [1.0, 2.0], 0.0),  # edges/counts mismatch
+                            HistogramRecord("g", 1, [0.0, 1.0], [3.0], 0.0)],
+                config={"a": 1, (1, 2): "tuple key"}, step=2)
+    assert log.append(bad) is not None
+    log.close()
+    [(batch, _end)] = read_batches(os.path.join(tmp_path, fmt.EVENTS_FILE))
+    assert batch.scalars == [("ok", 1, 1.0, 0.0), ("ok", 2, 2.0, 0.0)] == bad.scalars  # left as stored
+    assert [h.name for h in batch.histograms] == ["g"] and batch.config is None
+    assert log.dropped_values == 5 and log.errors == {}
+
+
+def test_a_follower_reads_from_any_offset_it_was_given(tmp_path):
+    log = EventLog(str(tmp_path), fsync_secs=0)
+    path = os.path.join(tmp_path, fmt.EVENTS_FILE)
+    first = log.append(_batch(0))
+    assert [b.step for b, _ in read_batches(path, first)] == []
+    ends = [log.append(_batch(i)) for i in range(1, 5)]
+    assert [b.step for b, _ in read_batches(path, first)] == [1, 2, 3, 4]
+    assert [e for _, e in read_batches(path, first)] == ends
+    assert [b.step for b, _ in read_batches(path, first + 5)] == [2, 3, 4]  # mid-record: resyncs
+    log.close()
+
+
+def test_a_pickled_local_sink_is_a_fresh_unopened_one(tmp_path):
+    import pickle
+
+    from autolog.pipeline.records import RunInfo
+    from autolog.sinks.local import LocalSink
+
+    sink = LocalSink(fsync_secs=0.5)
+    sink.open(RunInfo(id="r", name="r", project="p", path=str(tmp_path), config={}, meta={}))
+    copy = pickle.loads(pickle.dumps(sink))
+    assert copy.fsync_secs == 0.5 and copy.log is None
+    sink.close(None)
+    with __import__("pytest").raises(ValueError, match="fsync_secs"):
+        LocalSink(fsync_secs=-1)

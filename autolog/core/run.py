@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 
 import os
-import secrets
 import signal
 import sys
 import threading
@@ -21,7 +19,9 @@ from autolog.core import config as config_mod
 from autolog.core import distributed
 from autolog.pipeline import media as media_mod
 from autolog.core import meta as meta_mod
+from autolog.store import files as store_files
 from autolog.store import format as store
+from autolog.store.log import EventLog
 from autolog.pipeline.buffer import RunBuffer
 from autolog.pipeline.writer import Pipeline
 from autolog.pipeline.records import Batch, MediaRecord, RunInfo, RunResult
@@ -37,20 +37,6 @@ _state_lock = threading.RLock()
 
 def current() -> "Run | None":
     return _active[-1] if _active else None
-
-
-def new_run_id(parent: str) -> tuple[str, str]:
-    """A run id unique across processes, and its freshly created directory under `parent`."""
-    os.makedirs(parent, exist_ok=True)
-    for _ in range(100):
-        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(4)
-        path = os.path.join(parent, run_id)
-        try:
-            os.mkdir(path)  # exclusive: a collision picks another id
-            return run_id, path
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"could not create a unique run directory under {parent!r}")
 
 
 def _check_key(key: Any, what: str) -> str:
@@ -151,10 +137,10 @@ class Run:
             local = [x for x in sinks if isinstance(x, LocalSink)]
             sinks = [x for x in sinks if not isinstance(x, LocalSink)]
             parent = os.path.join(s.dir, self.project)
-            self.id, self.path = new_run_id(parent)
+            self.id, self.path = store_files.new_run_dir(parent)
             self.name = s.name or self.id
-            self._lock_fd = os.open(os.path.join(self.path, store.LOCK_FILE), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o644)
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._lock_fd = store_files.hold_lock(self.path)
+            self.files = store_files.RunFiles(self.path)
             self._write_record()
             info = RunInfo(id=self.id, name=self.name, project=self.project, path=self.path,
                            config=dict(self.config), meta=dict(self.meta), tags=self.tags,
@@ -182,8 +168,23 @@ class Run:
                 "tags": list(self.tags), "status": self.status, "config": self.config,
                 "meta": self.meta, "summary": self.summary}
 
-    def _write_record(self) -> None:
-        store.write_json_atomic(os.path.join(self.path, store.RUN_FILE), self._record())
+    def _write_record(self, final: bool = False) -> None:
+        self.files.write_record(self._record(), final)  # never raises: errors go to store_errors
+
+    def _store_meta(self) -> None:
+        """What the store could not write, per file, in meta["store_errors"]; values the log
+        could not store added to meta["dropped_values"]."""
+        errors = {name: e for name, e in self.files.errors.items() if e}
+        logs = [getattr(self.pipeline, "log", None)]  # the run's log, or the local sink's
+        logs += [getattr(w.sink, "log", None) for w in getattr(self.pipeline, "workers", ())]
+        for log in logs:
+            if isinstance(log, EventLog):
+                if log.errors:
+                    errors[store.EVENTS_FILE] = dict(log.errors)
+                if log.dropped_values:
+                    self.meta["dropped_values"] = self.meta.get("dropped_values", 0) + log.dropped_values
+        if errors:
+            self.meta["store_errors"] = errors
 
     def finish(self, status: str = "finished", exc: BaseException | None = None) -> None:
         """End the run: hand off what is left, wait for the sinks, record the final status."""
@@ -223,7 +224,8 @@ class Run:
         self.pipeline.close(self._result, self.settings.close_timeout)
         self.meta.update(self.pipeline.meta())
         self.summary = {**self._last_values, **self.summary}
-        self._write_record()
+        self._store_meta()
+        self._write_record(final=True)
         os.close(self._lock_fd)
         _signals.uninstall()
         _excepthook.uninstall()
@@ -369,12 +371,9 @@ class Run:
 
     def _store_media(self, record: MediaRecord) -> MediaRecord:
         if record.kind in ("image", "figure"):
-            folder = os.path.join(self.path, store.MEDIA_DIR)
-            os.makedirs(folder, exist_ok=True)
             self._media_count += 1
-            rel = os.path.join(store.MEDIA_DIR, f"{safe_component(record.name, 'image')}_{record.step}_{self._media_count}.png")
-            with open(os.path.join(self.path, rel), "wb") as fh:
-                fh.write(store.encode_png(record.data))
+            rel = self.files.write_png(f"{safe_component(record.name, 'image')}_{record.step}_{self._media_count}",
+                                       record.data)  # None when it could not be written (counted)
             return dataclasses.replace(record, path=rel)
         return record
 

@@ -28,7 +28,6 @@ from autolog.pipeline.records import Batch, RunInfo, RunResult
 from autolog.sinks.base import Sink
 
 DEFAULT_MAX_PENDING_MB = 256.0
-_I64 = (-2**63, 2**63 - 1)  # the steps the log can store
 
 
 class _Close:
@@ -159,19 +158,7 @@ class Pipeline:
             follower.offer(batch, start, self.log_end)
 
     def _append(self, batch: Batch) -> int | None:
-        """Append to the log; a value the log cannot encode (a step outside int64) costs that
-        point alone: it is counted in `dropped_values` and the rest is appended."""
-        try:
-            return self.log.append(batch)
-        except (OverflowError, ValueError, TypeError):
-            pass
-        lo, hi = _I64
-        scalars = [p for p in batch.scalars if lo <= p[1] <= hi]
-        hists = [h for h in batch.histograms if lo <= h.step <= hi]
-        media = [m for m in batch.media if lo <= m.step <= hi]
-        self.dropped_values += (len(batch.scalars) - len(scalars) + len(batch.histograms) - len(hists)
-                                + len(batch.media) - len(media))
-        batch.scalars, batch.histograms, batch.media = scalars, hists, media
+        """Append to the log (which leaves out, and counts, values it cannot store); never raises."""
         try:
             return self.log.append(batch)
         except Exception as exc:  # noqa: BLE001 -- the log must go on for the next batch
@@ -258,6 +245,4 @@ class Pipeline:
             out["dropped_values"] = self.dropped_values
         if self.handoff_waits:
             out["handoff_waits"] = {"count": self.handoff_waits, "seconds": round(self.handoff_wait_secs, 3)}
-        if self.log.errors:
-            out["store_errors"] = dict(self.log.errors)
-        return out
+        return out  # the log's own errors and dropped values: the run's store meta

@@ -24,8 +24,13 @@ class LocalSink(Sink):
     name = "local"
 
     def __init__(self, fsync_secs: float = 1.0) -> None:
-        self.fsync_secs = fsync_secs
+        if isinstance(fsync_secs, bool) or not isinstance(fsync_secs, (int, float)) or not fsync_secs >= 0:
+            raise ValueError(f"LocalSink: fsync_secs: expected a number of seconds >= 0, got {fsync_secs!r}")
+        self.fsync_secs = float(fsync_secs)
         self.log: EventLog | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"fsync_secs": self.fsync_secs, "log": None}  # a copy starts unopened
 
     @property
     def errors(self) -> dict[str, Any]:

@@ -1,226 +1,332 @@
-"""The local store's on-disk format, shared by the writer (`LocalSink`, `Run`) and `read_run`.
+"""The bytes of ``events.alog``: record framing and the batch codec (format described in
+`autolog.store`). Pure functions over bytes; the file itself is `autolog.store.log`.
 
-A run directory ``<dir>/<project>/<run id>/`` holds:
-
-``run.json``
-    identity, status, config, meta and summary; replaced atomically (write a temporary file,
-    fsync, rename) when the run starts, when its config changes and when it ends. Strict JSON:
-    non-finite numbers are written as the strings ``"nan"``, ``"inf"``, ``"-inf"``.
-``events.alog``
-    the append-only record log: the 8-byte magic ``b"AUTOLOG1"``, then records, each
-    ``<u32 length><u32 crc32 of payload><payload>`` (little endian). The payload's first byte is its
-    kind: ``S`` scalars, ``H`` histograms, ``M`` media. It continues with a u32 length and a UTF-8
-    JSON header, then the kind's arrays (little-endian, packed):
-
-    - ``S``: header ``{"keys": [names], "n": count}``; arrays ``u32 key index[n]``,
-      ``i64 step[n]``, ``f64 value[n]``, ``f64 wall time[n]``.
-    - ``H``: header ``{"items": [{"name", "step", "wall", "bins"}]}``; per item
-      ``f64 edges[bins + 1]`` then ``f64 counts[bins]``.
-    - ``M``: header ``{"items": [{"kind", "name", "step", "wall", "path", "text"}]}``, no arrays.
-
-    A record is written with one ``write`` call and the file flushed after every batch, so a
-    ``kill -9`` loses nothing already flushed; the reader stops at the first torn or corrupt
-    record, so a record cut short by a crash is skipped.
-``media/``
-    images and figures as PNG files, named ``<name>_<step>_<n>.png``.
-``.lock``
-    held (``flock``) by the writing process while the run is open: a run whose ``run.json`` still
-    says ``running`` but whose lock is free was left by a process that died: ``crashed``.
+Reading never trusts the file: a frame is taken only when its header checksum and payload
+checksum match, and a payload is decoded only after every count and length in its header was
+checked against the bytes actually there. Anything else is skipped (counted in `ScanStats`) and
+the scan resynchronises at the next sync marker.
 """
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import json
-import math
-import os
 import struct
-import tempfile
 import zlib
 from typing import Any, Iterator
 
 import numpy as np
 
-MAGIC = b"AUTOLOG1"
-RUN_FILE = "run.json"
+from autolog.store.files import json_default
+# Moved to `autolog.store.files`; re-exported here for one release (code written against the old layout).
+from autolog.store.files import LOCK_FILE, MEDIA_DIR, RUN_FILE, atomic_file, encode_png, read_json, write_json_atomic  # noqa: F401
+
 EVENTS_FILE = "events.alog"
-LOCK_FILE = ".lock"
-MEDIA_DIR = "media"
-FORMAT_VERSION = 1
+MAGIC = b"AUTOLOG2"  # the file header of the current format
+MAGIC_V1 = b"AUTOLOG1"  # version 1: unframed records, still read
+FORMAT_VERSION = 2
+SYNC = b"\xffAL\xfe"  # starts every frame; 0xff and 0xfe never occur in the UTF-8 JSON header
 
-_REC = struct.Struct("<II")
+_FRAME = struct.Struct("<4sQII")  # sync, sequence number, payload length, payload crc32
+_HCRC = struct.Struct("<I")  # crc32 of the 20 bytes above
+FRAME_SIZE = _FRAME.size + _HCRC.size  # 24
+_V1_REC = struct.Struct("<II")
 _U32 = struct.Struct("<I")
+_SCALAR_BYTES = 4 + 8 + 8 + 8  # u32 key, i64 step, f64 value, f64 wall per point
 
 
-def json_default(value: Any) -> Any:
-    """JSON for the odd values that reach run.json (numpy numbers, paths, sets)."""
-    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
-        return value.item()
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return repr(value)
+class BadRecord(ValueError):
+    """A record whose checksum matched but whose header does not describe its payload."""
 
 
-def _finite_or_str(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)  # 'nan', 'inf', '-inf': JSON has no literal for them
+# ---------------------------------------------------------------- writing
+
+def encode_frame(seq: int, payload: bytes) -> bytes:
+    """One framed record: sync marker, sequence number, length, checksums, payload."""
+    head = _FRAME.pack(SYNC, seq, len(payload), zlib.crc32(payload))
+    return head + _HCRC.pack(zlib.crc32(head)) + payload
+
+
+def encode_batch(scalars: list[tuple[str, int, float, float]], histograms: list[Any],
+                 media: list[dict[str, Any]], step: int = 0, prog_bar: tuple[str, ...] = (),
+                 config: dict[str, Any] | None = None) -> bytes:
+    """The payload of one batch (kind ``B``); empty when there is nothing to store."""
+    if not (scalars or histograms or media or config):
+        return b""
+    header: dict[str, Any] = {"step": int(step)}
+    arrays: list[bytes] = []
+    if scalars:
+        names, steps, values, walls = zip(*scalars)
+        index: dict[str, int] = {}
+        keys = [index.setdefault(n, len(index)) for n in names]
+        header["keys"], header["n"] = list(index), len(scalars)
+        arrays += [np.asarray(keys, dtype="<u4").tobytes(), np.asarray(steps, dtype="<i8").tobytes(),
+                   np.asarray(values, dtype="<f8").tobytes(), np.asarray(walls, dtype="<f8").tobytes()]
+    if histograms:
+        header["hist"] = [{"name": h.name, "step": int(h.step), "wall": float(h.wall_time),
+                           "bins": len(h.counts)} for h in histograms]
+        arrays += [np.asarray(h.edges, dtype="<f8").tobytes() + np.asarray(h.counts, dtype="<f8").tobytes()
+                   for h in histograms]
+    if media:
+        header["media"] = media
+    if prog_bar:
+        header["prog_bar"] = list(prog_bar)
+    if config:
+        header["config"] = config
+    head = json.dumps(header, separators=(",", ":"), default=json_default).encode()
+    return b"".join([b"B", _U32.pack(len(head)), head] + arrays)
+
+
+# ---------------------------------------------------------------- reading
+
+@dataclasses.dataclass
+class Record:
+    """One decoded record: scalars as parallel arrays (`keys` indexes `names`), histograms as
+    (item header, edges, counts), media as index entries, and the batch's step, prog_bar, config."""
+
+    names: list[str]
+    keys: np.ndarray
+    steps: np.ndarray
+    values: np.ndarray
+    walls: np.ndarray
+    histograms: list[tuple[dict[str, Any], list[float], list[float]]]
+    media: list[dict[str, Any]]
+    step: int = 0
+    prog_bar: tuple[str, ...] = ()
+    config: dict[str, Any] | None = None
+    seq: int | None = None
+
+
+@dataclasses.dataclass
+class ScanStats:
+    """What a scan met: records taken, bad ones skipped, bytes skipped while resynchronising,
+    and whether bytes that are no complete record are left at the end (a torn tail, or a record
+    still being written)."""
+
+    records: int = 0
+    bad_records: int = 0
+    skipped_bytes: int = 0
+    torn_tail: bool = False
+    last_seq: int = -1
+    missing: int = 0  # sequence numbers not seen between records taken (records lost to damage)
+    end: int = 0  # the offset after the last complete record
+    resume: int = 0  # where a scan of the next piece of the file starts
+
+
+_EMPTY_U4 = np.zeros(0, dtype="<u4")
+_EMPTY_I8 = np.zeros(0, dtype="<i8")
+_EMPTY_F8 = np.zeros(0, dtype="<f8")
+
+
+def _int(value: Any, what: str, low: int = 0, high: int = 2 ** 63 - 1) -> int:
+    if type(value) is not int or not low <= value <= high:
+        raise BadRecord(f"{what}: expected an integer in [{low}, {high}], got {value!r:.40}")
     return value
 
 
-@contextlib.contextmanager
-def atomic_file(path: str, prefix: str = ".tmp-", **open_kwargs: Any) -> Iterator[Any]:
-    """Write a file that replaces `path` in one step: a temporary file in the same directory,
-    fsynced, then renamed over `path`; on any error `path` is left as it was."""
-    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=os.path.dirname(path) or ".")
-    try:
-        os.fchmod(fd, 0o644)
-        with open(fd, "w", **open_kwargs) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+def _float(value: Any, what: str) -> float:
+    if type(value) not in (int, float):
+        raise BadRecord(f"{what}: expected a number, got {value!r:.40}")
+    return float(value)
 
 
-def write_json_atomic(path: str, data: dict[str, Any]) -> None:
-    """Replace `path` with `data` so that a reader sees the old or the new file, never half."""
-    text = json.dumps(data, default=json_default, indent=1, allow_nan=False,
-                      ensure_ascii=False) if _is_finite_tree(data) else \
-        json.dumps(_sanitize(data), default=json_default, indent=1, ensure_ascii=False)
-    with atomic_file(path, prefix=".run-", encoding="utf-8") as fh:
-        fh.write(text)
+def _str_list(value: Any, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(type(v) is str for v in value):
+        raise BadRecord(f"{what}: expected a list of strings")
+    return value
 
 
-def _is_finite_tree(value: Any) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(_is_finite_tree(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return all(_is_finite_tree(v) for v in value)
-    return True
+def _scalars(header: dict[str, Any], body: memoryview, pos: int) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    if "n" not in header:
+        return [], _EMPTY_U4, _EMPTY_I8, _EMPTY_F8, _EMPTY_F8, pos
+    n = _int(header["n"], "n", 0, (len(body) - pos) // _SCALAR_BYTES)
+    names = _str_list(header.get("keys"), "keys")
+    keys = np.frombuffer(body, dtype="<u4", count=n, offset=pos)
+    if n and int(keys.max()) >= len(names):
+        raise BadRecord(f"a key index is beyond the {len(names)} names")
+    steps = np.frombuffer(body, dtype="<i8", count=n, offset=pos + 4 * n)
+    values = np.frombuffer(body, dtype="<f8", count=n, offset=pos + 12 * n)
+    walls = np.frombuffer(body, dtype="<f8", count=n, offset=pos + 20 * n)
+    return names, keys, steps, values, walls, pos + _SCALAR_BYTES * n
 
 
-def _sanitize(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _sanitize(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_sanitize(v) for v in value]
-    return _finite_or_str(value)
-
-
-def read_json(path: str) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
-
-
-# ---------------------------------------------------------------- records
-
-def _record(kind: bytes, header: dict[str, Any], *arrays: bytes) -> bytes:
-    head = json.dumps(header, separators=(",", ":"), default=json_default).encode()
-    payload = b"".join((kind, _U32.pack(len(head)), head) + arrays)
-    return _REC.pack(len(payload), zlib.crc32(payload)) + payload
-
-
-def encode_scalars(points: list[tuple[str, int, float, float]]) -> bytes:
-    """One ``S`` record for a list of (name, step, value, wall time) points."""
-    if not points:
-        return b""
-    names, steps, values, walls = zip(*points)
-    index: dict[str, int] = {}
-    keys = [index.setdefault(n, len(index)) for n in names]
-    return _record(b"S", {"keys": list(index), "n": len(points)},
-                   np.asarray(keys, dtype="<u4").tobytes(),
-                   np.asarray(steps, dtype="<i8").tobytes(),
-                   np.asarray(values, dtype="<f8").tobytes(),
-                   np.asarray(walls, dtype="<f8").tobytes())
-
-
-def encode_histograms(items: list[Any]) -> bytes:
-    """One ``H`` record for `HistogramRecord`s."""
-    if not items:
-        return b""
-    header = {"items": [{"name": h.name, "step": int(h.step), "wall": float(h.wall_time),
-                         "bins": len(h.counts)} for h in items]}
-    data = [np.asarray(h.edges, dtype="<f8").tobytes() + np.asarray(h.counts, dtype="<f8").tobytes()
-            for h in items]
-    return _record(b"H", header, *data)
-
-
-def encode_media(items: list[dict[str, Any]]) -> bytes:
-    """One ``M`` record for media index entries."""
-    return _record(b"M", {"items": items}) if items else b""
-
-
-def iter_records(data: bytes, start: int = 0) -> Iterator[tuple[bytes, dict[str, Any], memoryview, int]]:
-    """(kind, header, array bytes, end offset) for every intact record from offset `start`;
-    stops at the first torn one."""
-    if not data.startswith(MAGIC):
-        return
-    view = memoryview(data)
-    pos, end = max(start, len(MAGIC)), len(data)
-    while pos + _REC.size <= end:
-        length, crc = _REC.unpack_from(data, pos)
-        start = pos + _REC.size
-        if start + length > end or length < 5:
-            return  # torn final record
-        payload = view[start:start + length]
-        if zlib.crc32(payload) != crc:
-            return  # corrupt: everything after it is untrusted
-        (hlen,) = _U32.unpack_from(payload, 1)
-        try:
-            header = json.loads(bytes(payload[5:5 + hlen]))
-        except ValueError:
-            return
-        yield bytes(payload[:1]), header, payload[5 + hlen:], start + length
-        pos = start + length
-
-
-def decode_scalars(header: dict[str, Any], body: memoryview) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    n = int(header["n"])
-    keys = np.frombuffer(body, dtype="<u4", count=n, offset=0)
-    steps = np.frombuffer(body, dtype="<i8", count=n, offset=4 * n)
-    values = np.frombuffer(body, dtype="<f8", count=n, offset=12 * n)
-    walls = np.frombuffer(body, dtype="<f8", count=n, offset=20 * n)
-    return header["keys"], keys, steps, values, walls
-
-
-def decode_histograms(header: dict[str, Any], body: memoryview) -> Iterator[tuple[dict[str, Any], list[float], list[float]]]:
-    pos = 0
-    for item in header["items"]:
-        bins = int(item["bins"])
+def _histograms(items: Any, body: memoryview, pos: int) -> tuple[list[tuple[dict[str, Any], list[float], list[float]]], int]:
+    if not isinstance(items, list):
+        raise BadRecord("histograms: expected a list")
+    out = []
+    for item in items:
+        if not isinstance(item, dict) or type(item.get("name")) is not str:
+            raise BadRecord("histogram: expected an object with a name")
+        _int(item.get("step"), "histogram step")
+        _float(item.get("wall", 0.0), "histogram wall")
+        bins = _int(item.get("bins"), "bins", 0, max(0, (len(body) - pos) // 16))
+        size = 8 * (2 * bins + 1)
+        if pos + size > len(body):
+            raise BadRecord("histogram: bins beyond the payload")
         edges = np.frombuffer(body, dtype="<f8", count=bins + 1, offset=pos)
         counts = np.frombuffer(body, dtype="<f8", count=bins, offset=pos + 8 * (bins + 1))
-        pos += 8 * (2 * bins + 1)
-        yield item, edges.tolist(), counts.tolist()
+        pos += size
+        out.append((item, edges.tolist(), counts.tolist()))
+    return out, pos
 
 
-# ---------------------------------------------------------------- PNG
+def _media(items: Any) -> list[dict[str, Any]]:
+    if not isinstance(items, list):
+        raise BadRecord("media: expected a list")
+    out = []
+    for item in items:
+        if not isinstance(item, dict) or type(item.get("kind")) is not str or type(item.get("name")) is not str:
+            raise BadRecord("media: expected an object with a kind and a name")
+        path, text = item.get("path"), item.get("text")
+        if not (path is None or type(path) is str) or not (text is None or type(text) is str):
+            raise BadRecord("media: path and text must be strings")
+        out.append({"kind": item["kind"], "name": item["name"], "step": _int(item.get("step", 0), "media step"),
+                    "wall": _float(item.get("wall", 0.0), "media wall"), "path": path, "text": text})
+    return out
 
-def encode_png(image: np.ndarray) -> bytes:
-    """A PNG file for a uint8 HWC array with 1, 3 or 4 channels (no Pillow needed)."""
-    height, width, channels = image.shape
-    color = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
-    raw = b"".join(b"\x00" + image[row].tobytes() for row in range(height))
 
-    def chunk(tag: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+def decode_payload(payload: memoryview) -> Record:
+    """A record from one payload (v1 kinds ``S``, ``H``, ``M`` or v2 ``B``); raises `BadRecord`."""
+    if len(payload) < 5:
+        raise BadRecord("payload shorter than its header length")
+    kind = bytes(payload[:1])
+    (hlen,) = _U32.unpack_from(payload, 1)
+    if 5 + hlen > len(payload):
+        raise BadRecord("header length beyond the payload")
+    try:
+        header = json.loads(bytes(payload[5:5 + hlen]))
+    except (ValueError, RecursionError) as exc:
+        raise BadRecord(f"header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise BadRecord("header is not an object")
+    body, pos = payload[5 + hlen:], 0
+    names, keys, steps, values, walls = [], _EMPTY_U4, _EMPTY_I8, _EMPTY_F8, _EMPTY_F8
+    histograms: list = []
+    media: list = []
+    if kind == b"B":
+        names, keys, steps, values, walls, pos = _scalars(header, body, pos)
+        histograms, pos = _histograms(header.get("hist", []), body, pos)
+        media = _media(header.get("media", []))
+        step = _int(header.get("step", 0), "step")
+        prog_bar = tuple(_str_list(header.get("prog_bar", []), "prog_bar"))
+        config = header.get("config")
+        if config is not None and not isinstance(config, dict):
+            raise BadRecord("config: expected an object")
+        if pos != len(body):
+            raise BadRecord(f"payload holds {len(body) - pos} bytes its header does not describe")
+        return Record(names, keys, steps, values, walls, histograms, media, step, prog_bar, config)
+    if kind == b"S":
+        names, keys, steps, values, walls, pos = _scalars(header, body, pos)
+    elif kind == b"H":
+        histograms, pos = _histograms(header.get("items"), body, pos)
+    elif kind == b"M":
+        media = _media(header.get("items"))
+    else:
+        raise BadRecord(f"unknown record kind {kind!r}")
+    return Record(names, keys, steps, values, walls, histograms, media)
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, color, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+
+def _next_frame(data: bytes, pos: int) -> int:
+    """The offset of the next frame header with a valid checksum at or after `pos`, or -1."""
+    while True:
+        pos = data.find(SYNC, pos)
+        if pos < 0 or pos + FRAME_SIZE > len(data):
+            return -1
+        if zlib.crc32(data[pos:pos + _FRAME.size]) == _HCRC.unpack_from(data, pos + _FRAME.size)[0]:
+            return pos
+        pos += 1
+
+
+def iter_records(data: bytes, start: int = 0, stats: ScanStats | None = None,
+                 base: int = 0, final: bool = True) -> Iterator[tuple[Record, int]]:
+    """Every complete, intact, well-formed record of a log's bytes from file offset `start`, with
+    the file offset just after it. Never raises on bad bytes: they are skipped and counted in
+    `stats`. `data` holds the file from offset `base` on (a format-2 file read in pieces); when it
+    is not `final` (more of the file follows), the scan stops at the first record that does not
+    fit and `stats.resume` says where the next piece should start."""
+    stats = stats if stats is not None else ScanStats()
+    if base == 0 and data.startswith(MAGIC_V1):
+        yield from _iter_v1(data, start, stats)
+        return
+    view = memoryview(data)
+    pos, size = max(start, len(MAGIC), base) - base, len(data)
+    if not stats.end:  # a fresh scan; a later piece of the same file keeps what came before
+        stats.end = pos + base
+    while pos + FRAME_SIZE <= size:
+        frame = _next_frame(data, pos)
+        if frame < 0:  # only garbage, or a frame header still being written, is left
+            garbage = max(pos, size - FRAME_SIZE + 1)  # no frame can start before this
+            stats.skipped_bytes += garbage - pos
+            pos = garbage
+            break
+        if frame != pos:
+            stats.skipped_bytes += frame - pos
+            pos = frame
+        _sync, seq, length, crc = _FRAME.unpack_from(data, pos)
+        begin, end = pos + FRAME_SIZE, pos + FRAME_SIZE + length
+        if end > size:
+            later = _next_frame(data, pos + 1) if final else -1
+            if later < 0:
+                break  # cut short by a crash, still being written, or in the next piece
+            stats.bad_records += 1  # torn, and the writer went on after it
+            stats.skipped_bytes += later - pos
+            pos = later
+            continue
+        payload = view[begin:end]
+        if zlib.crc32(payload) != crc:
+            stats.bad_records += 1  # a corrupt byte: resynchronise inside it
+            stats.skipped_bytes += 1
+            pos += 1
+            continue
+        pos = end
+        try:
+            record = decode_payload(payload)
+        except BadRecord:
+            stats.bad_records += 1
+            stats.end = pos + base
+            continue
+        record.seq = seq
+        if seq > stats.last_seq + 1 and (stats.records or start <= len(MAGIC)):
+            stats.missing += seq - stats.last_seq - 1  # from the start, the first is 0
+        stats.records += 1
+        stats.last_seq = seq
+        stats.end = pos + base
+        yield record, pos + base
+    stats.resume = pos + base
+    stats.torn_tail = pos < size  # bytes left that are no complete record (yet)
+
+
+def _iter_v1(data: bytes, start: int, stats: ScanStats) -> Iterator[tuple[Record, int]]:
+    """Version 1: ``<u32 length><u32 crc32><payload>`` records; stops at the first torn or corrupt
+    one (v1 has no sync marker to resynchronise on)."""
+    view = memoryview(data)
+    pos, size = max(start, len(MAGIC_V1)), len(data)
+    stats.end = pos
+    while pos + _V1_REC.size <= size:
+        length, crc = _V1_REC.unpack_from(data, pos)
+        begin = pos + _V1_REC.size
+        if begin + length > size:
+            break
+        payload = view[begin:begin + length]
+        if zlib.crc32(payload) != crc:
+            stats.bad_records += 1
+            stats.skipped_bytes += size - pos
+            return
+        pos = begin + length
+        stats.end = pos
+        try:
+            record = decode_payload(payload)
+        except BadRecord:
+            stats.bad_records += 1
+            continue
+        stats.records += 1
+        yield record, pos
+    stats.torn_tail = pos < size
 
 
 class LogArrays:
-    """Everything intact in a run's ``events.alog``, in log order, as columns.
-
-    Scalars as parallel arrays (``keys`` indexes ``names``), histograms as (item header, edges,
-    counts), media as their index entries. Shared by `read_run` and the replay."""
+    """Everything intact in a log file, in log order, as columns: scalars as parallel arrays
+    (``keys`` indexes ``names``), histograms as (item header, edges, counts), media as their
+    index entries; `stats` says what the scan met. Shared by `read_run` and the replay."""
 
     def __init__(self, path: str) -> None:
         try:
@@ -228,21 +334,20 @@ class LogArrays:
                 data = fh.read()
         except FileNotFoundError:
             data = b""
+        self.stats = ScanStats()
         index: dict[str, int] = {}
         parts: tuple[list, list, list, list] = ([], [], [], [])
         self.histograms: list[tuple[dict[str, Any], list[float], list[float]]] = []
         self.media: list[dict[str, Any]] = []
-        for kind, header, body, _end in iter_records(data):
-            if kind == b"S":
-                names, idx, steps, values, walls = decode_scalars(header, body)
-                remap = np.asarray([index.setdefault(n, len(index)) for n in names], dtype=np.int64)
-                for part, array in zip(parts, (remap[idx], steps, values, walls)):
+        for record, _end in iter_records(data, 0, self.stats):
+            if len(record.keys):
+                remap = np.asarray([index.setdefault(n, len(index)) for n in record.names], dtype=np.int64)
+                for part, array in zip(parts, (remap[record.keys], record.steps, record.values, record.walls)):
                     part.append(array)
-            elif kind == b"H":
-                self.histograms.extend(decode_histograms(header, body))
-            elif kind == b"M":
-                self.media.extend(header["items"])
+            self.histograms.extend(record.histograms)
+            self.media.extend(record.media)
         self.names = list(index)
         empty = (np.int64, np.int64, np.float64, np.float64)
         self.keys, self.steps, self.values, self.walls = (
-            np.concatenate(part) if part else np.zeros(0, dtype=dtype) for part, dtype in zip(parts, empty))
+            np.concatenate(part).astype(dtype, copy=False) if part else np.zeros(0, dtype=dtype)
+            for part, dtype in zip(parts, empty))

@@ -1,135 +1,318 @@
 """The run's record log, ``events.alog``: `EventLog` appends batches, `read_batches` reads them back.
 
-The byte format is described in `autolog.store`; encoding and decoding live in
+The byte format is described in `autolog.store`; framing and the codec live in
 `autolog.store.format`. This module owns the file: opening, appending, fsync and faults.
 """
 from __future__ import annotations
 
+import json
 import os
-import sys
-import time
+import threading
 from typing import Any, Iterator
+
+import numpy as np
 
 from autolog.pipeline.records import Batch, HistogramRecord, MediaRecord
 from autolog.store import format as fmt
+from autolog.store.files import tell_once
 
 
 def _media_index(batch: Batch) -> list[dict[str, Any]]:
-    """The media index entries of a batch (images and figures are already PNG files)."""
+    """The media index entries of a batch. Images and figures are already PNG files; one whose
+    file could not be written (``path`` None, counted by `RunFiles.write_png`) is not indexed."""
     return [{"kind": m.kind, "name": m.name, "step": m.step, "wall": m.wall_time, "path": m.path,
              "text": m.data if m.kind == "text" else (m.data or {}).get("text") if m.kind == "graph" else None}
-            for m in batch.media]
+            for m in batch.media if m.path is not None or m.kind not in ("image", "figure")]
+
+
+def encode(batch: Batch) -> bytes:
+    """The payload of `batch` (empty when it holds nothing the log keeps)."""
+    return fmt.encode_batch(batch.scalars, batch.histograms, _media_index(batch), batch.step,
+                            batch.prog_bar, batch.config)
+
+
+_I64 = (-2 ** 63, 2 ** 63 - 1)
+
+
+def _storable_scalar(point: Any) -> bool:
+    name, step, value, wall = point
+    return (type(name) is str and isinstance(step, (int, np.integer)) and _I64[0] <= int(step) <= _I64[1]
+            and _is_float(value) and _is_float(wall))
+
+
+def _is_float(value: Any) -> bool:
+    try:
+        float(value)
+        return True
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+def _storable_histogram(h: Any) -> bool:
+    try:
+        return (type(h.name) is str and _I64[0] <= int(h.step) <= _I64[1] and _is_float(h.wall_time)
+                and len(np.asarray(h.edges, dtype="<f8")) == len(np.asarray(h.counts, dtype="<f8")) + 1)
+    except (TypeError, ValueError, OverflowError, AttributeError):
+        return False
+
+
+def _storable_json(value: Any) -> bool:
+    try:
+        json.dumps(value, default=fmt.json_default)
+        return True
+    except (TypeError, ValueError, OverflowError, RecursionError):
+        return False
+
+
+def keep_storable(batch: Batch) -> int:
+    """Remove from `batch` the values the codec cannot store (a step beyond int64, a name that is
+    no string, an unserialisable config, ...); returns how many: one bad value costs only itself."""
+    before = len(batch.scalars) + len(batch.histograms) + len(batch.media) + (batch.config is not None)
+    batch.scalars = [p for p in batch.scalars if _storable_scalar(p)]
+    batch.histograms = [h for h in batch.histograms if _storable_histogram(h)]
+    batch.media = [m for m in batch.media if _storable_json(_media_index(Batch(media=[m])))]
+    if batch.config is not None and not _storable_json(batch.config):
+        batch.config = None
+    batch.prog_bar = tuple(n for n in batch.prog_bar if type(n) is str)
+    return before - (len(batch.scalars) + len(batch.histograms) + len(batch.media) + (batch.config is not None))
+
+
+class _Syncer:
+    """Fsyncs a file descriptor on a thread of its own, at most every `secs` seconds and only
+    after a write, so that a slow fsync (an NFS, a busy disk) never holds up an append."""
+
+    def __init__(self, fd: int, secs: float) -> None:
+        self.fd, self.secs = fd, secs
+        self.cond = threading.Condition()
+        self.dirty = self.closed = False
+        self.error: OSError | None = None
+        self.thread = threading.Thread(target=self._loop, name="autolog-fsync", daemon=True)
+        self.thread.start()
+
+    def wrote(self) -> None:
+        with self.cond:
+            self.dirty = True
+            self.cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                while not self.dirty and not self.closed:
+                    self.cond.wait()
+                if self.closed:
+                    return
+                self.dirty = False
+            try:
+                os.fsync(self.fd)
+            except OSError as exc:
+                self.error = exc
+            with self.cond:  # at most one fsync per `secs`; close() cuts the wait short
+                if not self.closed:
+                    self.cond.wait(self.secs)
+
+    def stop(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify()
+        self.thread.join()
 
 
 class EventLog:
-    """Appends batches to ``<run_dir>/events.alog``; never raises.
+    """Appends batches to ``<run_dir>/events.alog``, one framed record each; never raises.
 
-    Each `append` is one ``write`` of one record, so a process killed afterwards loses nothing
-    already appended; ``fsync_secs`` bounds what an OS crash or power loss can lose (the file is
-    fsynced at most that often; 0: after every append). An ``OSError`` (a full disk, a vanished
-    directory) costs the batches that could not be written: it is counted in `errors`, told once
-    on stderr, and the next append tries again.
+    A process killed after `append` returned loses nothing of that batch (the record is in the
+    OS's hands); ``fsync_secs`` bounds what an OS crash or power loss can lose: a background
+    thread fsyncs the file at most that often, so a slow fsync never delays an append (0: fsync
+    inside every append). An ``OSError`` (a full disk, a vanished directory) costs the batch
+    being appended: a partly written record is cut off again, the loss is counted in `errors`
+    (``count``, ``first_error``, ``lost``) and told once on stderr, and the next append tries
+    again, so writing resumes when space returns. A value the log cannot store (a step beyond
+    int64) is removed from the batch given (so no follower sees what the log does not hold) and
+    counted in `dropped_values`; the rest of the batch is appended.
+
+    Opening an existing log continues it: the sequence numbers go on, and a torn record left by
+    a killed writer is skipped by the reader.
     """
 
     def __init__(self, run_dir: str, fsync_secs: float = 1.0) -> None:
         self.path = os.path.join(run_dir, fmt.EVENTS_FILE)
         self.fsync_secs = fsync_secs
         self.errors: dict[str, Any] = {}
-        self._fh: Any = None
-        self._last_sync = 0.0
-        self._end: int | None = None
-        self._told = False
+        self.dropped_values = 0  # values left out of their batch because the log cannot store them
+        self._fd: int | None = None
+        self._end = 0
+        self._seq = 0
+        self._syncer: _Syncer | None = None
+        self._closed = False
+        self._lock = threading.Lock()  # append and close may come from different threads
         try:
             self._open()
         except OSError as exc:
-            self._fail(exc, Batch())  # retried at the first append
+            self._fail(exc, Batch())  # retried at the next append
 
     def _open(self) -> None:
-        new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
-        self._fh = open(self.path, "ab", buffering=0)
-        if new:
-            self._write(fmt.MAGIC)
-        self._end = self._fh.tell()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size < len(fmt.MAGIC):
+                os.ftruncate(fd, 0)  # empty, or a header cut short
+                self._write_all(fd, fmt.MAGIC)
+                size = len(fmt.MAGIC)
+            else:
+                with open(self.path, "rb") as fh:
+                    data = fh.read()
+                if data.startswith(fmt.MAGIC_V1):
+                    raise OSError(f"{self.path} is a version-1 log; it is read, never appended to")
+                stats = fmt.ScanStats()
+                for _ in fmt.iter_records(data, 0, stats):
+                    pass
+                self._seq = stats.last_seq + 1
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd, self._end = fd, size
+        if self.fsync_secs > 0:
+            self._syncer = _Syncer(fd, self.fsync_secs)
 
-    def _write(self, data: bytes) -> None:
+    @staticmethod
+    def _write_all(fd: int, data: bytes) -> None:
         view = memoryview(data)
-        while view:  # a raw write may be partial
-            view = view[self._fh.write(view):]
+        while view:  # a write may be partial
+            view = view[os.write(fd, view):]
 
-    def _fail(self, exc: OSError, batch: Batch) -> None:
-        errors = self.errors
-        errors["count"] = errors.get("count", 0) + 1
-        errors.setdefault("first_error", f"{type(exc).__name__}: {exc}")
-        lost = errors.setdefault("lost", {"batches": 0, "scalars": 0, "histograms": 0, "media": 0})
-        lost["batches"] += 1
-        lost["scalars"] += len(batch.scalars)
-        lost["histograms"] += len(batch.histograms)
-        lost["media"] += len(batch.media)
-        if not self._told:
-            self._told = True
-            print(f"autolog: cannot write {self.path}: {type(exc).__name__}: {exc}; training goes on, "
-                  f"the records that cannot be written are counted in meta['store_errors']",
-                  file=sys.stderr)
+    def _fail(self, exc: Exception, batch: Batch) -> None:
+        tell_once(self.errors, self.path, exc, {"batches": 1, "scalars": len(batch.scalars),
+                                                "histograms": len(batch.histograms), "media": len(batch.media)}
+                  if batch else None)
 
     def append(self, batch: Batch) -> int | None:
-        """Append one batch; returns the file's end offset after it, or None if it was lost."""
-        data = (fmt.encode_scalars(batch.scalars) + fmt.encode_histograms(batch.histograms)
-                + fmt.encode_media(_media_index(batch)))
+        """Append one batch; returns the file's end offset after it, or None if it was lost (or
+        the log is closed)."""
+        with self._lock:
+            return self._append(batch) if not self._closed else None
+
+    def _append(self, batch: Batch) -> int | None:
         try:
-            if self._fh is None:
+            payload = encode(batch)
+        except Exception:  # noqa: BLE001 -- a value the codec cannot take costs only itself
+            self.dropped_values += keep_storable(batch)
+            try:
+                payload = encode(batch)
+            except Exception as exc:  # noqa: BLE001
+                self._fail(ValueError(f"cannot encode the batch: {type(exc).__name__}: {exc}"), batch)
+                return None
+        try:
+            if self._fd is None:
                 self._open()
-            if data:
-                self._write(data)
-                self._end += len(data)
-                now = time.monotonic()
-                if now - self._last_sync >= self.fsync_secs:
-                    os.fsync(self._fh.fileno())
-                    self._last_sync = now
-            return self._end
+            if payload:
+                record = fmt.encode_frame(self._seq, payload)
+                try:
+                    self._write_all(self._fd, record)
+                except OSError:
+                    self._cut_back()
+                    raise
+                self._seq += 1
+                self._end += len(record)
         except OSError as exc:
             self._fail(exc, batch)
             return None
+        if payload:
+            self._sync()
+        return self._end
+
+    def _sync(self) -> None:
+        if self._syncer is not None:
+            self._syncer.wrote()
+            return
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:  # the record is written; only its durability is in doubt
+            self._fail(exc, Batch())
+
+    def _cut_back(self) -> None:
+        """Remove a record written only in part; if that fails too, the reader skips it."""
+        try:
+            os.ftruncate(self._fd, self._end)
+        except OSError:
+            try:
+                self._end = os.fstat(self._fd).st_size  # the next record starts after the torn one
+            except OSError:
+                pass
 
     def close(self) -> None:
         """Fsync and close the file (idempotent, never raises)."""
-        fh, self._fh = self._fh, None
-        if fh is None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        self._closed = True
+        fd, self._fd = self._fd, None
+        if self._syncer is not None:
+            self._syncer.stop()
+            if self._syncer.error is not None:
+                self._fail(self._syncer.error, Batch())
+            self._syncer = None
+        if fd is None:
             return
         try:
-            os.fsync(fh.fileno())
-        except OSError:
-            pass
+            os.fsync(fd)
+        except OSError as exc:
+            self._fail(exc, Batch())
         try:
-            fh.close()
-        except OSError:
-            pass
+            os.close(fd)
+        except OSError as exc:
+            self._fail(exc, Batch())
 
 
-def read_batches(path: str, start: int = 0) -> Iterator[tuple[Batch, int]]:
+READ_CHUNK = 16 << 20  # a follower catching up reads the log this much at a time
+
+
+def read_batches(path: str, start: int = 0, stats: fmt.ScanStats | None = None,
+                 chunk: int = READ_CHUNK) -> Iterator[tuple[Batch, int]]:
     """Every complete, intact record of the log file `path` from byte offset `start` (0: the
-    beginning), as a `Batch`, with the offset just after it (where a later call resumes)."""
+    beginning), as a `Batch`, with the offset just after it (where a later call resumes).
+
+    Torn, corrupt or ill-formed records are skipped (counted in `stats` when given); a record
+    still being written ends the iteration: read again from the last offset to get it. The file
+    is read `chunk` bytes at a time (more for a bigger record), so catching up on a long log
+    costs no more memory than that."""
+    stats = stats if stats is not None else fmt.ScanStats()
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        fh = open(path, "rb")
     except FileNotFoundError:
         return
-    for kind, header, body, end in fmt.iter_records(data, start):
-        batch = Batch()
-        if kind == b"S":
-            names, idx, steps, values, walls = fmt.decode_scalars(header, body)
-            batch.scalars = list(zip([names[i] for i in idx.tolist()], steps.tolist(), values.tolist(),
-                                     walls.tolist()))
-        elif kind == b"H":
-            batch.histograms = [HistogramRecord(item["name"], int(item["step"]), edges, counts,
-                                                float(item.get("wall", 0.0)))
-                                for item, edges, counts in fmt.decode_histograms(header, body)]
-        elif kind == b"M":
-            batch.media = [_media_record(item) for item in header["items"]]
+    with fh:
+        if fh.read(len(fmt.MAGIC)) == fmt.MAGIC_V1:
+            fh.seek(0)
+            yield from _batches(fmt.iter_records(fh.read(), start, stats))
+            return
+        pos = max(start, len(fmt.MAGIC))
+        while True:
+            fh.seek(pos)
+            data = fh.read(chunk)
+            final = len(data) < chunk or not fh.read(1)
+            yield from _batches(fmt.iter_records(data, start, stats, base=pos, final=final))
+            if final:
+                return
+            if stats.resume == pos:
+                chunk *= 2  # one record bigger than the chunk
+            pos = stats.resume
+
+
+def _batches(records: Iterator[tuple[fmt.Record, int]]) -> Iterator[tuple[Batch, int]]:
+    for record, end in records:
+        names = record.names
+        batch = Batch(step=record.step, prog_bar=record.prog_bar, config=record.config)
+        if len(record.keys):
+            batch.scalars = list(zip([names[i] for i in record.keys.tolist()], record.steps.tolist(),
+                                     record.values.tolist(), record.walls.tolist()))
+        batch.histograms = [HistogramRecord(item["name"], item["step"], edges, counts, float(item.get("wall", 0.0)))
+                            for item, edges, counts in record.histograms]
+        batch.media = [_media_record(item) for item in record.media]
         yield batch, end
 
 
 def _media_record(item: dict[str, Any]) -> MediaRecord:
-    kind = item.get("kind", "")
-    data = {"text": item.get("text") or ""} if kind == "graph" else item.get("text") if kind == "text" else None
-    return MediaRecord(kind, item.get("name", ""), int(item.get("step", 0)), float(item.get("wall", 0.0)),
-                       data=data, path=item.get("path"))
+    kind = item["kind"]
+    data = {"text": item["text"] or ""} if kind == "graph" else item["text"] if kind == "text" else None
+    return MediaRecord(kind, item["name"], item["step"], item["wall"], data=data, path=item["path"])

@@ -4,12 +4,14 @@ from __future__ import annotations
 import fcntl
 import gc
 import glob
+import math
 import os
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 
+from autolog.store import files
 from autolog.store import format as store
 from autolog.core.settings import DEFAULT_DIR, ENV
 
@@ -20,7 +22,7 @@ _NON_FINITE = ("nan", "inf", "-inf")  # how run.json spells non-finite summary v
 def _lock_is_held(path: str) -> bool:
     """Whether a live process holds the run's lock (a new descriptor conflicts even in-process)."""
     try:
-        fd = os.open(os.path.join(path, store.LOCK_FILE), os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(os.path.join(path, files.LOCK_FILE), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
     try:
@@ -32,22 +34,47 @@ def _lock_is_held(path: str) -> bool:
     return False
 
 
+_FIELDS: dict[str, tuple[type, Any]] = {  # run.json field: (type, default when absent)
+    "id": (str, None), "project": (str, None), "name": (str, None), "status": (str, "running"),
+    "tags": (list, []), "config": (dict, {}), "meta": (dict, {}), "summary": (dict, {})}
+
+
+def _run_record(path: str) -> dict[str, Any]:
+    """run.json checked field by field; a ValueError naming the file for anything else."""
+    try:
+        record = files.read_json(path)
+    except ValueError as exc:  # not JSON, not UTF-8
+        raise ValueError(f"read_run: {path} is not a readable run record: {exc}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"read_run: {path} is not a run record (expected a JSON object)")
+    out = {}
+    for field, (kind, default) in _FIELDS.items():
+        value = record.get(field, default)
+        if value is None and default is None and field == "name":
+            out[field] = None
+            continue
+        if not isinstance(value, kind) or (kind is str and field in ("id", "project") and not value):
+            raise ValueError(f"read_run: {path}: {field!r} must be a {kind.__name__}, got {value!r:.60}")
+        out[field] = value
+    return out
+
+
 class RunData:
     """A run read back from the local store (see SPEC: id, name, project, path, status, config,
     meta, summary, metrics, histograms; plus media). Metrics load on first access."""
 
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
-        record = store.read_json(os.path.join(self.path, store.RUN_FILE))
+        record = _run_record(os.path.join(self.path, files.RUN_FILE))
         self.id: str = record["id"]
-        self.name: str = record.get("name") or record["id"]
+        self.name: str = record["name"] or record["id"]
         self.project: str = record["project"]
-        self.tags: list[str] = record.get("tags", [])
-        self.config: dict[str, Any] = record.get("config", {})
-        self.meta: dict[str, Any] = record.get("meta", {})
+        self.tags: list[str] = record["tags"]
+        self.config: dict[str, Any] = record["config"]
+        self.meta: dict[str, Any] = record["meta"]
         self._stored_summary: dict[str, Any] = {
-            k: float(v) if v in _NON_FINITE else v for k, v in record.get("summary", {}).items()}
-        status = record.get("status", "running")
+            k: float(v) if isinstance(v, str) and v in _NON_FINITE else v for k, v in record["summary"].items()}
+        status = record["status"]
         if status == "running" and not _lock_is_held(self.path):
             status = "crashed"
         self.status: str = status
@@ -58,6 +85,7 @@ class RunData:
     @cached_property
     def _events(self) -> tuple[dict, dict, list]:
         log = store.LogArrays(os.path.join(self.path, store.EVENTS_FILE))
+        self._log_stats = log.stats
         histograms: dict[str, list[tuple[int, list[float], list[float]]]] = {}
         for item, edges, counts in log.histograms:
             histograms.setdefault(item["name"], []).append((int(item["step"]), edges, counts))
@@ -80,6 +108,13 @@ class RunData:
         for series in histograms.values():
             series.sort(key=lambda item: item[0])
         return metrics, histograms, media
+
+    @property
+    def log_stats(self) -> store.ScanStats:
+        """What reading ``events.alog`` met: records read, bad records skipped, bytes skipped,
+        sequence numbers missing, and whether an incomplete record ends the file."""
+        self._events
+        return self._log_stats
 
     @property
     def metrics(self) -> dict[str, list[tuple[int, float]]]:
@@ -106,20 +141,25 @@ class RunData:
 def read_run(path: str | os.PathLike) -> RunData:
     """The run stored in directory `path` (``<dir>/<project>/<run id>``)."""
     path = os.fspath(path)
-    if not os.path.isfile(os.path.join(path, store.RUN_FILE)):
-        raise FileNotFoundError(f"read_run: no autolog run in {path!r} (expected {store.RUN_FILE} there)")
+    if not os.path.isfile(os.path.join(path, files.RUN_FILE)):
+        raise FileNotFoundError(f"read_run: no autolog run in {path!r} (expected {files.RUN_FILE} there)")
     return RunData(path)
+
+
+def _newest_first_key(run: RunData) -> tuple[float, str]:
+    start = run.meta.get("start_timestamp")
+    return (float(start) if type(start) in (int, float) and math.isfinite(start) else 0.0), run.id
 
 
 def list_runs(dir: str | os.PathLike | None = None, project: str | None = None) -> list[RunData]:
     """Every run under `dir` (default: $AUTOLOG_DIR, else "runs"), newest first."""
     root = os.fspath(dir or os.environ.get(ENV["dir"]) or DEFAULT_DIR)
-    pattern = os.path.join(glob.escape(root), glob.escape(project) if project else "*", "*", store.RUN_FILE)
+    pattern = os.path.join(glob.escape(root), glob.escape(project) if project else "*", "*", files.RUN_FILE)
     runs = []
     for record in glob.glob(pattern):
         try:
             runs.append(RunData(os.path.dirname(record)))
         except (OSError, ValueError, KeyError):
             continue  # a half-created or foreign directory is not a run
-    runs.sort(key=lambda r: (r.meta.get("start_timestamp", 0), r.id), reverse=True)
+    runs.sort(key=_newest_first_key, reverse=True)
     return runs
