@@ -56,6 +56,11 @@ class Sink:
                 out[name] = value
         return out
 
+    def existing_output(self, run: RunInfo) -> str | None:
+        """Why writing `run` here again would duplicate it (its output is already where this
+        sink writes), or None. `autolog replay` refuses such a target unless ``--force``."""
+        return None
+
     def open(self, run: RunInfo) -> None:
         """The run started: `run.config` is final unless a later batch carries `config`."""
 

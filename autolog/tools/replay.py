@@ -23,16 +23,16 @@ Choices:
 - Status: sinks know ``finished``, ``failed`` and ``interrupted``. A ``crashed`` run (the writer
   died without closing) is sent as ``failed``; a run still ``running`` as ``interrupted``
   (`STATUS_MAP`). `sync` refuses a run whose writer is still alive.
-- Replay refuses a target that already holds this run's output unless ``force``: TensorBoard
-  event files in the target directory (a second file would show every point twice; write
-  elsewhere with ``log_dir``), or a W&B run with the same id under ``<run>/wandb``. ``local``
+- Replay refuses a target that already holds this run's output unless ``force`` (each sink says
+  so itself, `Sink.existing_output`): TensorBoard event files in the target directory (a second
+  file would show every point twice; write elsewhere with ``log_dir``), or a W&B run with the
+  same id under ``<run>/wandb``. ``local``
   is refused (the run is its log). Each target is done if it can be; every refusal is reported
   and makes the exit status 1.
 - A sink that fails is reported once and counted; the other sinks go on, as in a live run.
 """
 from __future__ import annotations
 
-import glob
 import os
 import sys
 import time
@@ -106,37 +106,20 @@ def _follow(run: RunData, items: list[tuple[str, Sink, dict[str, Any], int]], in
 
 # ------------------------------------------------------------------------ replay
 
-def _event_files(folder: str) -> list[str]:
-    return glob.glob(os.path.join(glob.escape(folder), "events.out.tfevents.*"))
-
-
-def _make_sink(name: str, run: RunData, log_dir: str | None, force: bool) -> Sink:
+def _make_sink(name: str, info: RunInfo, log_dir: str | None, force: bool) -> Sink:
     if name == "local":
         raise ReplayError("'local': the run is already in the local store (its log)")
     if name not in available_sinks():
         raise ReplayError(unknown_sink_message(name))
     try:
         cls = sink_class(name)
+        sink = cls(log_dir=log_dir) if name == "tensorboard" else cls()
     except (ValueError, ImportError, TypeError) as exc:
         raise ReplayError(f"{name!r}: {exc}") from exc
-    if name == "tensorboard":
-        target = os.path.join(log_dir, run.id) if log_dir else os.path.join(run.path, "tensorboard")
-        if _event_files(target) and not force:
-            raise ReplayError(
-                f"{target} already holds TensorBoard event files (from the live run or an earlier "
-                f"replay); another would make TensorBoard show every point twice. Write elsewhere "
-                f"with --log-dir DIR, or add one anyway with --force")
-        return cls(log_dir=log_dir)
-    if name == "wandb":
-        from autolog.sinks.wandb import wandb_run_id
-
-        pattern = os.path.join(glob.escape(os.path.join(run.path, "wandb")),
-                               f"*run-*-{glob.escape(wandb_run_id(run.id) or '')}")
-        if glob.glob(pattern) and not force:
-            raise ReplayError(
-                f"{run.path}/wandb already holds a W&B run with id {wandb_run_id(run.id)!r} (from "
-                f"the live run or an earlier replay); add another anyway with --force")
-    return cls()
+    already = sink.existing_output(info)  # each backend knows where it writes
+    if already and not force:
+        raise ReplayError(already)
+    return sink
 
 
 def replay(run: RunData, to: Sequence[str], *, offline: bool = False, log_dir: str | None = None,
@@ -152,15 +135,16 @@ def replay(run: RunData, to: Sequence[str], *, offline: bool = False, log_dir: s
     names = list(dict.fromkeys(n.strip() for n in to if n.strip()))
     if not names:
         raise ReplayError("no sink to replay into")
+    mode = "offline" if offline or os.environ.get("WANDB_MODE") == "offline" else None
+    info = run_info(run, mode)
     refused: list[str] = []
     sinks: list[tuple[str, Sink]] = []
     for name in names:
         try:
-            sinks.append((name, _make_sink(name, run, log_dir, force)))
+            sinks.append((name, _make_sink(name, info, log_dir, force)))
         except ReplayError as exc:
             refused.append(name)
             print(f"autolog replay: refused {exc}", file=sys.stderr)
-    mode = "offline" if offline or os.environ.get("WANDB_MODE") == "offline" else None
     result = run_result(run)
     if sinks and result.status != run.status:
         out(f"note: run status {run.status!r} is sent to the sinks as {result.status!r}")
@@ -168,7 +152,7 @@ def replay(run: RunData, to: Sequence[str], *, offline: bool = False, log_dir: s
     started = time.monotonic()
     items = [(name, sink, positions.add(sink), 0) for name, sink in sinks]
     positions.save()
-    followers = _follow(run, items, run_info(run, mode), positions, result, out) if items else {}
+    followers = _follow(run, items, info, positions, result, out) if items else {}
     took = time.monotonic() - started
     if followers:
         scalars, hists, media = next(iter(followers.values())).counts
