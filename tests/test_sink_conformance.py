@@ -191,3 +191,15 @@ def test_catch_up_from_the_log(follower_kind, tmp_path, monkeypatch):
     assert f.from_log >= 3 and f.done
     if read is not None:
         assert read(run.path) == WANT
+
+
+def test_existing_output_is_told_by_the_sinks_that_would_duplicate(kind, tmp_path):
+    make, _read = SINKS[kind]
+    sink = make()
+    assert sink.existing_output(_info(tmp_path)) is None  # nothing written yet
+    _write_run(sink, tmp_path)
+    told = make().existing_output(_info(tmp_path))
+    if kind in ("tensorboard", "wandb"):  # a second copy would show every point twice
+        assert isinstance(told, str) and "--force" in told
+    else:  # CSV is rewritten, the others append or print
+        assert told is None
