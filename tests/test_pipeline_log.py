@@ -169,3 +169,22 @@ def test_a_sink_raising_on_every_write_costs_the_log_and_other_sinks_nothing(tmp
 def test_default_max_pending_mb_is_documented():
     assert writer_mod.DEFAULT_MAX_PENDING_MB == 256.0
     assert "256" in autolog.track.__doc__
+
+
+def test_a_follower_that_cannot_read_the_log_stops_alone(tmp_path, monkeypatch):
+    """Failure injection: reading the log back breaks for the sink that fell behind."""
+    from autolog.pipeline import follower
+
+    def broken(path, start=0):
+        raise OSError("log unreadable")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(follower, "read_batches", broken)
+    monkeypatch.setattr(follower, "WINDOW_BATCHES", 0)  # every batch must come from the file
+    behind = MemorySink()
+    with autolog.run(dir=str(tmp_path), sinks=[behind], close_timeout=5) as run:
+        autolog.log("a", 1.0)
+    data = autolog.read_run(run.path)
+    assert data.metrics["a"] == [(0, 1.0)] and behind.batches == []
+    assert "log unreadable" in data.meta["sink_errors"]["memory"]["first_error"]
+    assert data.meta["sinks_timed_out"] == ["memory"]  # left where it is, for autolog sync

@@ -99,6 +99,10 @@ class Positions:
             pass  # the store reports disk trouble; a stale position means a later re-sync
 
 
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
 class Follower:
     """Delivers the run's records to one sink on its own daemon thread, in log order."""
 
@@ -117,13 +121,14 @@ class Follower:
         self.result: RunResult | None = None
         self.abandoned = False
         self.done = False
+        self.failed = False  # the follower itself broke (not the sink): it delivers no more
         self.errors = 0
         self.first_error: str | None = None
         self.from_log = 0  # records read back from the file (the sink had fallen behind)
         self.counts = [0, 0, 0]  # scalar points, histograms, media delivered
         self.where: str | None = None  # where the sink says it writes (its `path`, once open)
         self._saved = 0.0
-        self.thread = threading.Thread(target=self._loop, name=f"autolog-sink-{sink.name}", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=f"autolog-sink-{sink.name}", daemon=True)
         self.thread.start()
 
     # -- writer thread ----------------------------------------------------------------------
@@ -155,7 +160,7 @@ class Follower:
         False when `deadline` (a `time.monotonic()` time; None: no limit) passed first."""
         with self.cond:
             while not (self.done or (self.result is None and self.position >= self.log_end and not self.window)):
-                if not self.thread.is_alive():
+                if self.failed or not self.thread.is_alive():
                     return self.done
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -213,6 +218,15 @@ class Follower:
         # abandoned at close while this write was in flight: record it at once, the process may
         # be about to exit (`autolog sync` would otherwise write this batch a second time)
         self._save(force=self.abandoned)
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as exc:  # noqa: BLE001 -- reading the log failed: this sink stops here
+            self._call("follow the log", _raise, exc)  # counted and told like a sink error
+            with self.cond:
+                self.failed = True  # `caught_up` stops waiting; the position stays recorded
+                self.cond.notify_all()
 
     def _loop(self) -> None:
         opened = self._call("open", self.sink.open, self.info)
