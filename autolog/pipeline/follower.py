@@ -24,7 +24,8 @@ from autolog.sinks.base import Sink
 from autolog.store import format as store
 
 WINDOW_BATCHES = 64  # batches a follower may hold in memory ...
-WINDOW_POINTS = 500_000  # ... and scalar points (shared objects: the writer's own batches)
+WINDOW_POINTS = 500_000  # ... and scalar points, histogram bins and image bytes / 8 (the
+# writer's own batch objects, shared by every follower: no copy)
 SAVE_SECS = 1.0  # a follower records its position at most this often while it writes
 POSITIONS_FILE = "sinks.json"
 
@@ -99,6 +100,14 @@ class Positions:
             pass  # the store reports disk trouble; a stale position means a later re-sync
 
 
+def _cost(batch: Batch) -> int:
+    """A batch's weight in the window, in scalar points (a histogram bin, 8 bytes of an image)."""
+    cost = len(batch.scalars) + sum(len(h.counts) for h in batch.histograms)
+    if batch.media:
+        cost += sum(int(getattr(m.data, "nbytes", 0) or 0) for m in batch.media) // 8
+    return cost
+
+
 def _raise(exc: BaseException) -> None:
     raise exc
 
@@ -136,7 +145,7 @@ class Follower:
         """The log now holds `batch` at [start, end): keep it in memory if there is room."""
         with self.cond:
             self.log_end = max(self.log_end, end)
-            n = len(batch.scalars)
+            n = _cost(batch)
             if len(self.window) < WINDOW_BATCHES and self._points + n <= max(WINDOW_POINTS, n) \
                     and end >= self.position:
                 self.window.append((batch, start, end))
@@ -209,7 +218,7 @@ class Follower:
 
     def _drop_head(self) -> None:
         batch, _s, _e = self.window.popleft()
-        self._points -= len(batch.scalars)
+        self._points -= _cost(batch)
 
     def _advance(self, end: int) -> None:
         with self.cond:

@@ -38,7 +38,7 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-from autolog.pipeline.follower import Follower, Positions, build_sink
+from autolog.pipeline.follower import POSITIONS_FILE, Follower, Positions, build_sink
 from autolog.pipeline.records import RunInfo, RunResult
 from autolog.sinks import Sink, available_sinks, sink_class, unknown_sink_message
 from autolog.store import format as store
@@ -180,6 +180,9 @@ def sync(run: RunData, out: Callable[[str], None] = print) -> int:
         out(f"autolog sync: run {run.id} is still being written by its process; sync it when it ends")
         return 1
     positions = Positions.load(run.path)
+    if not positions.entries:
+        out(f"run {run.id} ({run.name}): no sink positions recorded ({POSITIONS_FILE}); nothing to sync")
+        return 0
     pending = [e for e in positions.entries if not e.get("done") and e.get("syncable", True)]
     if not pending:
         out(f"run {run.id} ({run.name}): every sink has everything; nothing to sync")
