@@ -188,3 +188,14 @@ def test_a_follower_that_cannot_read_the_log_stops_alone(tmp_path, monkeypatch):
     assert data.metrics["a"] == [(0, 1.0)] and behind.batches == []
     assert "log unreadable" in data.meta["sink_errors"]["memory"]["first_error"]
     assert data.meta["sinks_timed_out"] == ["memory"]  # left where it is, for autolog sync
+
+
+def test_max_pending_mb_from_the_environment(tmp_path, monkeypatch):
+    import pytest
+
+    monkeypatch.setenv("AUTOLOG_MAX_PENDING_MB", "64")
+    with autolog.run(dir=str(tmp_path)) as run:
+        assert run.pipeline.max_pending == 64 * 2**20
+    monkeypatch.setenv("AUTOLOG_MAX_PENDING_MB", "lots")
+    with pytest.raises(ValueError, match="AUTOLOG_MAX_PENDING_MB"):
+        autolog.run(dir=str(tmp_path))
