@@ -199,3 +199,20 @@ def test_max_pending_mb_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("AUTOLOG_MAX_PENDING_MB", "lots")
     with pytest.raises(ValueError, match="AUTOLOG_MAX_PENDING_MB"):
         autolog.run(dir=str(tmp_path))
+
+
+def test_a_png_that_cannot_be_written_costs_only_the_image(tmp_path):
+    """A real fault: the run's media/ is a file, so no PNG can be written there."""
+    sink = MemorySink()
+    image = np.zeros((4, 4, 3), dtype=np.uint8)
+    with autolog.run(dir=str(tmp_path), sinks=[sink], log_every=100) as run:
+        open(f"{run.path}/media", "w").close()
+        for i in range(10):
+            autolog.log("loss", float(i), step=i)
+        autolog.log_image("sample", image, step=5)
+        autolog.log_text("note", "still here", step=5)
+    data = autolog.read_run(run.path)
+    assert data.status == "finished"
+    assert len(data.metrics["loss"]) == 10 and len(sink.scalars("loss")) == 10
+    assert [m["name"] for m in data.media] == ["note"]  # the text is kept, the image is not indexed
+    assert data.meta["store_errors"]  # told, not silent
