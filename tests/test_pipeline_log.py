@@ -145,11 +145,14 @@ def test_a_value_that_fails_after_the_call_costs_only_itself(tmp_path):
         run._buffer.scalar("meta", 3, torch.empty((), device="meta"), wall)
         run._buffer.scalar("huge_step", 2**63, 1.0, wall)
         run._buffer.scalar("text", 4, "not a number", wall)
+        sparse = torch.sparse_coo_tensor(torch.tensor([[0]]), torch.tensor([2.0]), (1,),
+                                         check_invariants=True)
+        run._buffer.scalar("sparse", 5, sparse, wall)  # in the same device group as the losses
         run.flush()  # never raises into the caller
     data = autolog.read_run(run.path)
     assert [v for _, v in data.metrics["loss"]] == [float(i) for i in range(10)]
     assert set(data.metrics) == {"loss"} and sink.names() == {"loss"}
-    assert data.meta["dropped_values"] == 3
+    assert data.meta["dropped_values"] == 4
 
 
 def test_a_sink_raising_on_every_write_costs_the_log_and_other_sinks_nothing(tmp_path):
