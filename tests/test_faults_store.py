@@ -70,6 +70,11 @@ def _train(mnt, free_before_end: bool):
                 autolog.log_image("sample", np.zeros((8, 8, 3), dtype=np.uint8), step=step)
             if step % 10 == 9:
                 run.flush(wait=True)
+        if not free_before_end:  # the disk is really full: only the reserve can pay for run.json
+            with pytest.raises(OSError) as full:
+                with open(os.path.join(mnt, "probe"), "wb") as fh:
+                    fh.write(b"\0" * 8192)
+            assert full.value.errno == errno.ENOSPC
         return "trained"
 
     return train(), state["filler"]

@@ -179,6 +179,9 @@ def test_version_1_logs_still_read_and_are_never_appended_to(tmp_path, capsys):
     data = autolog.read_run(run)
     assert data.metrics["train/loss"] == [(s, 0.5 * s) for s in range(5)]
     assert data.media[0]["text"] == "hi"
+    batches = list(read_batches(_events(run)))  # a follower reads v1 records as batches too
+    assert [len(b.scalars) for b, _ in batches] == [5, 0] and batches[1][0].media[0].data == "hi"
+    assert [b.step for b, _ in read_batches(_events(run), batches[0][1])] == [0]  # from an offset
     log = EventLog(run)
     assert log.append(_batch(1)) is None and "version-1" in log.errors["first_error"]
     log.close()

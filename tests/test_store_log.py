@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from autolog.pipeline.records import Batch, HistogramRecord, MediaRecord
 from autolog.store import format as fmt
 from autolog.store.log import EventLog, read_batches
@@ -92,3 +94,66 @@ def test_a_pickled_local_sink_is_a_fresh_unopened_one(tmp_path):
     sink.close(None)
     with __import__("pytest").raises(ValueError, match="fsync_secs"):
         LocalSink(fsync_secs=-1)
+
+
+def test_every_record_written_reads_back_whatever_the_values(tmp_path):
+    """Random batches mixing good and bad values: what append keeps is exactly what reads back,
+    and the reader never meets a record it must skip."""
+    import random
+
+    rng = random.Random(7)
+    steps = [0, 5, 2 ** 63 - 1, 2 ** 63, -1, True, 1.5, "3", np.int64(4), None]
+    names = ["a", "b/c", "ünï", "", 3, None, ("t",)]
+    values = [1.0, float("nan"), float("inf"), 2, np.float32(0.5), "x", None, 10 ** 400]
+    log = EventLog(str(tmp_path), fsync_secs=0)
+    kept = []
+    for i in range(200):
+        batch = Batch(
+            scalars=[(rng.choice(names), rng.choice(steps), rng.choice(values), 0.0) for _ in range(rng.randint(0, 4))],
+            histograms=[HistogramRecord(rng.choice(names), rng.choice(steps), [0.0, 1.0, 2.0][: rng.randint(0, 3)],
+                                        [1.0, 2.0][: rng.randint(0, 2)], 0.0) for _ in range(rng.randint(0, 2))],
+            media=[MediaRecord(rng.choice(["text", "graph", "image", 5]), rng.choice(names), rng.choice(steps), 0.0,
+                               data=rng.choice(["t", None, 3, {"text": "g"}]), path=rng.choice([None, "media/x.png", 4]))
+                   for _ in range(rng.randint(0, 2))],
+            config=rng.choice([None, {"lr": 0.1}, {(1, 2): 3}, {"x": float("nan")}]),
+            step=rng.choice(steps), prog_bar=tuple(rng.sample(["a", 3], rng.randint(0, 2))))
+        try:
+            end = log.append(batch)
+        except Exception as exc:  # pragma: no cover - the assertion below names it
+            raise AssertionError(f"append raised {exc!r} for batch {i}") from exc
+        assert end is not None
+        if batch:
+            kept.append(batch)
+    log.close()
+    stats = fmt.ScanStats()
+    read = [b for b, _ in read_batches(os.path.join(tmp_path, fmt.EVENTS_FILE), 0, stats)]
+    assert stats.bad_records == 0 and stats.records == len(read)
+    assert [[(n, s) for n, s, _v, _w in b.scalars] for b in read] == \
+        [[(n, int(s)) for n, s, _v, _w in b.scalars] for b in kept if b.scalars or b.histograms or b.config
+         or any(m.path is not None or m.kind not in ("image", "figure") for m in b.media)]
+    assert log.dropped_values > 0 and log.errors == {}
+
+
+def test_close_from_another_thread_while_appending(tmp_path):
+    import threading
+
+    log = EventLog(str(tmp_path), fsync_secs=0.01)
+    ends: list = []
+    started = threading.Event()
+
+    def writer():
+        for i in range(2000):
+            ends.append(log.append(_batch(i)))
+            started.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    started.wait()
+    log.close()  # appends after this return None; none raises, none is half written
+    thread.join()
+    written = [e for e in ends if e is not None]
+    assert written == sorted(written) and ends[len(written):] == [None] * (len(ends) - len(written))
+    stats = fmt.ScanStats()
+    read = list(read_batches(os.path.join(tmp_path, fmt.EVENTS_FILE), 0, stats))
+    assert len(read) == len(written) and stats.bad_records == 0 and not stats.torn_tail
+    assert log.errors == {}

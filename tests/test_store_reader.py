@@ -1,7 +1,6 @@
 """read_run and list_runs against damaged run directories, and while a run is writing."""
 from __future__ import annotations
 
-import json
 import os
 import random
 

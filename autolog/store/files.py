@@ -76,6 +76,20 @@ def _finite_or_str(value: Any) -> Any:
     return value
 
 
+def fsync_dir(path: str) -> None:
+    """Make a file created or renamed in directory `path` survive a power loss (best effort)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str, prefix: str = ".tmp-", **open_kwargs: Any) -> Iterator[Any]:
     """Write a file that replaces `path` in one step: a temporary file in the same directory,
@@ -88,6 +102,7 @@ def atomic_file(path: str, prefix: str = ".tmp-", **open_kwargs: Any) -> Iterato
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        fsync_dir(os.path.dirname(path) or ".")
     except BaseException:
         try:
             os.unlink(tmp)

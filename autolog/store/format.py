@@ -49,31 +49,66 @@ def encode_frame(seq: int, payload: bytes) -> bytes:
 def encode_batch(scalars: list[tuple[str, int, float, float]], histograms: list[Any],
                  media: list[dict[str, Any]], step: int = 0, prog_bar: tuple[str, ...] = (),
                  config: dict[str, Any] | None = None) -> bytes:
-    """The payload of one batch (kind ``B``); empty when there is nothing to store."""
+    """The payload of one batch (kind ``B``); empty when there is nothing to store. Raises
+    ValueError, TypeError or OverflowError for anything the reader would not take back (a
+    step beyond int64, a name that is not a string, ...), so every record written reads back."""
     if not (scalars or histograms or media or config):
         return b""
-    header: dict[str, Any] = {"step": int(step)}
+    header: dict[str, Any] = {"step": _in_range(step, "step")}
     arrays: list[bytes] = []
     if scalars:
         names, steps, values, walls = zip(*scalars)
         index: dict[str, int] = {}
         keys = [index.setdefault(n, len(index)) for n in names]
+        if not all(type(n) is str for n in index):
+            raise TypeError("scalar names must be strings")
         header["keys"], header["n"] = list(index), len(scalars)
-        arrays += [np.asarray(keys, dtype="<u4").tobytes(), np.asarray(steps, dtype="<i8").tobytes(),
-                   np.asarray(values, dtype="<f8").tobytes(), np.asarray(walls, dtype="<f8").tobytes()]
+        arrays += [np.asarray(keys, dtype="<u4").tobytes(), _column(steps, "iu", "<i8", "steps"),
+                   _column(values, "fiub", "<f8", "values"), _column(walls, "fiub", "<f8", "wall times")]
     if histograms:
-        header["hist"] = [{"name": h.name, "step": int(h.step), "wall": float(h.wall_time),
-                           "bins": len(h.counts)} for h in histograms]
-        arrays += [np.asarray(h.edges, dtype="<f8").tobytes() + np.asarray(h.counts, dtype="<f8").tobytes()
-                   for h in histograms]
+        header["hist"] = [{"name": _text(h.name, "histogram name"), "step": _in_range(h.step, "histogram step"),
+                           "wall": float(h.wall_time), "bins": len(h.counts)} for h in histograms]
+        for h in histograms:
+            edges, counts = np.asarray(h.edges, dtype="<f8"), np.asarray(h.counts, dtype="<f8")
+            if edges.ndim != 1 or counts.ndim != 1 or len(edges) != len(counts) + 1:
+                raise ValueError(f"histogram {h.name!r}: expected len(edges) == len(counts) + 1")
+            arrays.append(edges.tobytes() + counts.tobytes())
     if media:
+        for item in media:
+            _text(item["kind"], "media kind"), _text(item["name"], "media name")
+            item["step"], item["wall"] = _in_range(item["step"], "media step"), float(item["wall"])
+            if not all(item.get(k) is None or type(item[k]) is str for k in ("path", "text")):
+                raise TypeError("media path and text must be strings")
         header["media"] = media
     if prog_bar:
-        header["prog_bar"] = list(prog_bar)
+        header["prog_bar"] = [_text(n, "prog_bar name") for n in prog_bar]
     if config:
+        if not isinstance(config, dict):
+            raise TypeError("config must be a dict")
         header["config"] = config
     head = json.dumps(header, separators=(",", ":"), default=json_default).encode()
     return b"".join([b"B", _U32.pack(len(head)), head] + arrays)
+
+
+def _column(items: tuple, kinds: str, dtype: str, what: str) -> bytes:
+    """Packed `items`; refuses what numpy would only take by converting it (a float or text step,
+    a text value, an int beyond int64)."""
+    array = np.asarray(items)
+    if array.dtype.kind not in kinds or (array.dtype.kind == "u" and dtype == "<i8" and array.max() >= 2 ** 63):
+        raise ValueError(f"{what}: expected numbers{' (integers in int64)' if dtype == '<i8' else ''}, got {array.dtype}")
+    return array.astype(dtype, copy=False).tobytes()
+
+
+def _in_range(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < 2 ** 63:
+        raise ValueError(f"{what}: expected an integer in [0, 2**63), got {value!r:.40}")
+    return int(value)
+
+
+def _text(value: Any, what: str) -> str:
+    if type(value) is not str:
+        raise TypeError(f"{what}: expected a string, got {type(value).__name__}")
+    return value
 
 
 # ---------------------------------------------------------------- reading

@@ -5,16 +5,13 @@ The byte format is described in `autolog.store`; framing and the codec live in
 """
 from __future__ import annotations
 
-import json
 import os
 import threading
 from typing import Any, Iterator
 
-import numpy as np
-
 from autolog.pipeline.records import Batch, HistogramRecord, MediaRecord
 from autolog.store import format as fmt
-from autolog.store.files import tell_once
+from autolog.store.files import fsync_dir, tell_once
 
 
 def _media_index(batch: Batch) -> list[dict[str, Any]]:
@@ -31,49 +28,27 @@ def encode(batch: Batch) -> bytes:
                             batch.prog_bar, batch.config)
 
 
-_I64 = (-2 ** 63, 2 ** 63 - 1)
-
-
-def _storable_scalar(point: Any) -> bool:
-    name, step, value, wall = point
-    return (type(name) is str and isinstance(step, (int, np.integer)) and _I64[0] <= int(step) <= _I64[1]
-            and _is_float(value) and _is_float(wall))
-
-
-def _is_float(value: Any) -> bool:
+def _encodes(batch: Batch) -> bool:
     try:
-        float(value)
+        encode(batch)
         return True
-    except (TypeError, ValueError, OverflowError):
-        return False
-
-
-def _storable_histogram(h: Any) -> bool:
-    try:
-        return (type(h.name) is str and _I64[0] <= int(h.step) <= _I64[1] and _is_float(h.wall_time)
-                and len(np.asarray(h.edges, dtype="<f8")) == len(np.asarray(h.counts, dtype="<f8")) + 1)
-    except (TypeError, ValueError, OverflowError, AttributeError):
-        return False
-
-
-def _storable_json(value: Any) -> bool:
-    try:
-        json.dumps(value, default=fmt.json_default)
-        return True
-    except (TypeError, ValueError, OverflowError, RecursionError):
+    except Exception:  # noqa: BLE001 -- whatever the codec refuses
         return False
 
 
 def keep_storable(batch: Batch) -> int:
-    """Remove from `batch` the values the codec cannot store (a step beyond int64, a name that is
-    no string, an unserialisable config, ...); returns how many: one bad value costs only itself."""
+    """Remove from `batch` the values the codec refuses (a step beyond int64, a name that is not
+    a string, an unserialisable config, ...), each tried alone; returns how many: one bad value
+    costs only itself."""
     before = len(batch.scalars) + len(batch.histograms) + len(batch.media) + (batch.config is not None)
-    batch.scalars = [p for p in batch.scalars if _storable_scalar(p)]
-    batch.histograms = [h for h in batch.histograms if _storable_histogram(h)]
-    batch.media = [m for m in batch.media if _storable_json(_media_index(Batch(media=[m])))]
-    if batch.config is not None and not _storable_json(batch.config):
+    batch.scalars = [p for p in batch.scalars if _encodes(Batch(scalars=[p]))]
+    batch.histograms = [h for h in batch.histograms if _encodes(Batch(histograms=[h]))]
+    batch.media = [m for m in batch.media if _encodes(Batch(media=[m]))]
+    if batch.config is not None and not _encodes(Batch(config=batch.config)):
         batch.config = None
     batch.prog_bar = tuple(n for n in batch.prog_bar if type(n) is str)
+    if not _encodes(Batch(scalars=[("x", 0, 0.0, 0.0)], step=batch.step)):
+        batch.step = 0
     return before - (len(batch.scalars) + len(batch.histograms) + len(batch.media) + (batch.config is not None))
 
 
@@ -81,8 +56,9 @@ class _Syncer:
     """Fsyncs a file descriptor on a thread of its own, at most every `secs` seconds and only
     after a write, so that a slow fsync (an NFS, a busy disk) never holds up an append."""
 
-    def __init__(self, fd: int, secs: float) -> None:
+    def __init__(self, fd: int, secs: float, new_dir: str | None = None) -> None:
         self.fd, self.secs = fd, secs
+        self.new_dir = new_dir  # the directory of a file just created: fsynced once, first
         self.cond = threading.Condition()
         self.dirty = self.closed = False
         self.error: OSError | None = None
@@ -102,6 +78,9 @@ class _Syncer:
                 if self.closed:
                     return
                 self.dirty = False
+            if self.new_dir is not None:
+                fsync_dir(self.new_dir or ".")
+                self.new_dir = None
             try:
                 os.fsync(self.fd)
             except OSError as exc:
@@ -144,6 +123,7 @@ class EventLog:
         self._seq = 0
         self._syncer: _Syncer | None = None
         self._closed = False
+        self._new_file = False
         self._lock = threading.Lock()  # append and close may come from different threads
         try:
             self._open()
@@ -158,6 +138,7 @@ class EventLog:
                 os.ftruncate(fd, 0)  # empty, or a header cut short
                 self._write_all(fd, fmt.MAGIC)
                 size = len(fmt.MAGIC)
+                self._new_file = True  # its name is made durable with its first fsync
             else:
                 with open(self.path, "rb") as fh:
                     data = fh.read()
@@ -172,7 +153,9 @@ class EventLog:
             raise
         self._fd, self._end = fd, size
         if self.fsync_secs > 0:
-            self._syncer = _Syncer(fd, self.fsync_secs)
+            self._syncer = _Syncer(fd, self.fsync_secs, os.path.dirname(self.path) if self._new_file else None)
+        elif self._new_file:
+            fsync_dir(os.path.dirname(self.path) or ".")
 
     @staticmethod
     def _write_all(fd: int, data: bytes) -> None:
