@@ -86,3 +86,24 @@ def test_a_class_defined_in_a_function_cannot_be_rebuilt():
     with pytest.raises((TypeError, AttributeError)):
         build_sink(sink_spec(Inner()))
     assert type(build_sink(sink_spec(_Local()))) is _Local  # importable: rebuilt
+
+
+def test_sync_opens_each_sink_in_the_mode_it_had_live(tmp_path, monkeypatch):
+    from autolog.testing import MemorySink
+
+    seen = []
+    monkeypatch.setattr(MemorySink, "open", lambda self, run: seen.append((run.mode, run.resumed)))
+    stall = StallingSink(pid=os.getpid(), inner="csv")
+    run = autolog.run(dir=str(tmp_path), sinks=[stall], mode="offline", close_timeout=0.2)
+    autolog.log("a", 1.0)
+    run.finish()
+    try:
+        assert _entries(run.path)["stalling"]["mode"] == "offline"
+        entries = json.load(open(os.path.join(run.path, "sinks.json")))
+        entries["sinks"][0]["class"] = "autolog.testing:MemorySink"  # stands in for a W&B sink
+        entries["sinks"][0]["options"] = {}
+        json.dump(entries, open(os.path.join(run.path, "sinks.json"), "w"))
+        assert cli.main(["sync", run.path]) == 0
+        assert seen == [("offline", True)]  # never online because sync ran without WANDB_MODE
+    finally:
+        stall.release()

@@ -73,8 +73,9 @@ class Positions:
             entries = []
         return cls(run_dir, [e for e in entries if isinstance(e, dict)])
 
-    def add(self, sink: Sink, offset: int = 0) -> dict[str, Any]:
-        entry = {**sink_spec(sink), "offset": offset, "done": False}
+    def add(self, sink: Sink, offset: int = 0, mode: str | None = None) -> dict[str, Any]:
+        """A new entry for `sink` (opened with ``RunInfo.mode`` `mode`), at log offset `offset`."""
+        entry = {**sink_spec(sink), "mode": mode, "offset": offset, "done": False}
         with self._lock:
             self.entries.append(entry)
         return entry
@@ -121,7 +122,7 @@ class Follower:
         self.sink, self.info, self.report, self.note = sink, info, report, note
         self.log_path = os.path.join(info.path, store.EVENTS_FILE)
         self.positions = positions
-        self.entry = entry if entry is not None else positions.add(sink, start)
+        self.entry = entry if entry is not None else positions.add(sink, start, info.mode)
         self.position = start  # the sink has every record of the log before this offset
         self.log_end = start
         self.window: collections.deque[tuple[Batch, int, int]] = collections.deque()

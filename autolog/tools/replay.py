@@ -150,7 +150,7 @@ def replay(run: RunData, to: Sequence[str], *, offline: bool = False, log_dir: s
         out(f"note: run status {run.status!r} is sent to the sinks as {result.status!r}")
     positions = Positions.load(run.path)
     started = time.monotonic()
-    items = [(name, sink, positions.add(sink), 0) for name, sink in sinks]
+    items = [(name, sink, positions.add(sink, 0, mode), 0) for name, sink in sinks]
     positions.save()
     followers = _follow(run, items, info, positions, result, out) if items else {}
     took = time.monotonic() - started
@@ -199,7 +199,11 @@ def sync(run: RunData, out: Callable[[str], None] = print) -> int:
             continue
         items.append((label, sink, entry, int(entry.get("offset", 0))))
     starts = {label: start for label, _s, _e, start in items}
-    followers = _follow(run, items, run_info(run, resumed=True), positions, run_result(run), out)
+    followers: dict[str, Follower] = {}
+    for mode in dict.fromkeys(e.get("mode") for _l, _s, e, _o in items):  # as each was opened live
+        group = [item for item in items if item[2].get("mode") == mode]
+        followers.update(_follow(run, group, run_info(run, mode, resumed=True), positions,
+                                 run_result(run), out))
     for label, follower in followers.items():
         name = label.rpartition("#")[0]
         ok = follower.done and not follower.errors
