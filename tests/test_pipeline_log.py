@@ -145,11 +145,14 @@ def test_a_value_that_fails_after_the_call_costs_only_itself(tmp_path):
         run._buffer.scalar("meta", 3, torch.empty((), device="meta"), wall)
         run._buffer.scalar("huge_step", 2**63, 1.0, wall)
         run._buffer.scalar("text", 4, "not a number", wall)
+        sparse = torch.sparse_coo_tensor(torch.tensor([[0]]), torch.tensor([2.0]), (1,),
+                                         check_invariants=True)
+        run._buffer.scalar("sparse", 5, sparse, wall)  # in the same device group as the losses
         run.flush()  # never raises into the caller
     data = autolog.read_run(run.path)
     assert [v for _, v in data.metrics["loss"]] == [float(i) for i in range(10)]
     assert set(data.metrics) == {"loss"} and sink.names() == {"loss"}
-    assert data.meta["dropped_values"] == 3
+    assert data.meta["dropped_values"] == 4
 
 
 def test_a_sink_raising_on_every_write_costs_the_log_and_other_sinks_nothing(tmp_path):
@@ -169,3 +172,50 @@ def test_a_sink_raising_on_every_write_costs_the_log_and_other_sinks_nothing(tmp
 def test_default_max_pending_mb_is_documented():
     assert writer_mod.DEFAULT_MAX_PENDING_MB == 256.0
     assert "256" in autolog.track.__doc__
+
+
+def test_a_follower_that_cannot_read_the_log_stops_alone(tmp_path, monkeypatch):
+    """Failure injection: reading the log back breaks for the sink that fell behind."""
+    from autolog.pipeline import follower
+
+    def broken(path, start=0):
+        raise OSError("log unreadable")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(follower, "read_batches", broken)
+    monkeypatch.setattr(follower, "WINDOW_BATCHES", 0)  # every batch must come from the file
+    behind = MemorySink()
+    with autolog.run(dir=str(tmp_path), sinks=[behind], close_timeout=5) as run:
+        autolog.log("a", 1.0)
+    data = autolog.read_run(run.path)
+    assert data.metrics["a"] == [(0, 1.0)] and behind.batches == []
+    assert "log unreadable" in data.meta["sink_errors"]["memory"]["first_error"]
+    assert data.meta["sinks_timed_out"] == ["memory"]  # left where it is, for autolog sync
+
+
+def test_max_pending_mb_from_the_environment(tmp_path, monkeypatch):
+    import pytest
+
+    monkeypatch.setenv("AUTOLOG_MAX_PENDING_MB", "64")
+    with autolog.run(dir=str(tmp_path)) as run:
+        assert run.pipeline.max_pending == 64 * 2**20
+    monkeypatch.setenv("AUTOLOG_MAX_PENDING_MB", "lots")
+    with pytest.raises(ValueError, match="AUTOLOG_MAX_PENDING_MB"):
+        autolog.run(dir=str(tmp_path))
+
+
+def test_a_png_that_cannot_be_written_costs_only_the_image(tmp_path):
+    """A real fault: the run's media/ is a file, so no PNG can be written there."""
+    sink = MemorySink()
+    image = np.zeros((4, 4, 3), dtype=np.uint8)
+    with autolog.run(dir=str(tmp_path), sinks=[sink], log_every=100) as run:
+        open(f"{run.path}/media", "w").close()
+        for i in range(10):
+            autolog.log("loss", float(i), step=i)
+        autolog.log_image("sample", image, step=5)
+        autolog.log_text("note", "still here", step=5)
+    data = autolog.read_run(run.path)
+    assert data.status == "finished"
+    assert len(data.metrics["loss"]) == 10 and len(sink.scalars("loss")) == 10
+    assert [m["name"] for m in data.media] == ["note"]  # the text is kept, the image is not indexed
+    assert data.meta["store_errors"]  # told, not silent

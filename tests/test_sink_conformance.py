@@ -109,12 +109,16 @@ def _batch() -> Batch:
                         MediaRecord("image", "img", 3, 1003.0, data=image, path=None)])
 
 
-def test_open_write_close(kind, tmp_path):
-    make, read = SINKS[kind]
-    sink = make()
-    sink.open(_info(tmp_path))
+def _write_run(sink, path) -> None:
+    """open, one batch of everything (scalars, a histogram, a text, an image), close."""
+    sink.open(_info(path))
     sink.write(_batch())
     sink.close(RESULT)
+
+
+def test_open_write_close(kind, tmp_path):
+    make, read = SINKS[kind]
+    _write_run(make(), tmp_path)
     if read is not None:
         assert read(str(tmp_path)) == WANT
 
@@ -134,9 +138,7 @@ def test_write_before_open_raises_nothing_or_a_clear_error_and_writes_nothing(ki
 def test_a_batch_after_close_changes_nothing(kind, tmp_path):
     make, read = SINKS[kind]
     sink = make()
-    sink.open(_info(tmp_path))
-    sink.write(_batch())
-    sink.close(RESULT)
+    _write_run(sink, tmp_path)
     try:
         sink.write(Batch(scalars=[("train/loss", 99, 9.0, 2000.0)], step=99))
     except RuntimeError as exc:
@@ -147,10 +149,7 @@ def test_a_batch_after_close_changes_nothing(kind, tmp_path):
 
 def test_pickles_before_open_and_works_after(kind, tmp_path):
     make, read = SINKS[kind]
-    sink = pickle.loads(pickle.dumps(make()))
-    sink.open(_info(tmp_path))
-    sink.write(_batch())
-    sink.close(RESULT)
+    _write_run(pickle.loads(pickle.dumps(make())), tmp_path)
     if read is not None:
         assert read(str(tmp_path)) == WANT
 
@@ -192,3 +191,15 @@ def test_catch_up_from_the_log(follower_kind, tmp_path, monkeypatch):
     assert f.from_log >= 3 and f.done
     if read is not None:
         assert read(run.path) == WANT
+
+
+def test_existing_output_is_told_by_the_sinks_that_would_duplicate(kind, tmp_path):
+    make, _read = SINKS[kind]
+    sink = make()
+    assert sink.existing_output(_info(tmp_path)) is None  # nothing written yet
+    _write_run(sink, tmp_path)
+    told = make().existing_output(_info(tmp_path))
+    if kind in ("tensorboard", "wandb"):  # a second copy would show every point twice
+        assert isinstance(told, str) and "--force" in told
+    else:  # CSV is rewritten, the others append or print
+        assert told is None

@@ -144,3 +144,15 @@ def test_options_rebuild_the_sink():
     sink = CSVSink("x/metrics.csv")
     assert sink.options() == {"path": "x/metrics.csv"}
     assert CSVSink(**sink.options()).path_arg == "x/metrics.csv"
+
+
+def test_a_run_with_100k_names_writes_them_all_before_close_timeout(tmp_path):
+    """The issue's reproduction: 100,000 names once took the CSV past the 30 s close_timeout."""
+    names = [f"layer{i}/grad_norm" for i in range(100_000)]
+    with autolog.run(dir=str(tmp_path), sinks=["csv"], close_timeout=30) as run:
+        autolog.log(dict.fromkeys(names, 0.5), step=0)
+        autolog.log(dict.fromkeys(names[:1000], 0.25), step=1)
+    data = autolog.read_run(run.path)
+    assert "sinks_timed_out" not in data.meta
+    df = pd.read_csv(os.path.join(run.path, "metrics.csv"))
+    assert len(df) == 101_000 and df["name"].iloc[:100_000].tolist() == names

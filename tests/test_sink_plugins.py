@@ -82,7 +82,7 @@ def test_unknown_name_lists_the_available_ones(plugin):
     with pytest.raises(ValueError) as info:
         resolve_sink("tensorbord")
     message = str(info.value)
-    assert "unknown sink 'tensorbord'" in message
+    assert "unknown sink 'tensorbord'; did you mean tensorboard?" in message
     for name in ("local", "tensorboard", "wandb", "csv", "console", "recording"):
         assert name in message
 

@@ -94,11 +94,12 @@ def test_wandb_agrees_with_the_local_store(all_sinks_run):
 
 def test_csv_agrees_with_the_local_store(all_sinks_run):
     run, _ = all_sinks_run
-    frame = pd.read_csv(f"{run.path}/metrics.csv").groupby("step").last()
+    frame = pd.read_csv(f"{run.path}/metrics.csv")  # long format: one row per point
+    assert set(frame["name"]) == set(run.metrics)
     for name, series in run.metrics.items():
-        column = frame[name].dropna() if name != "val/nan" else frame[name][frame.index.isin([s for s, _ in series])]
-        assert list(column.index) == [s for s, _ in series], name
-        for got, (_, want) in zip(column.tolist(), series):
+        rows = frame[frame["name"] == name].sort_values("step", kind="stable")
+        assert rows["step"].tolist() == [s for s, _ in series], name
+        for got, (_, want) in zip(rows["value"].tolist(), series):
             assert (math.isnan(got) and math.isnan(want)) or got == want, name
 
 

@@ -232,7 +232,8 @@ class Run:
     def _result(self) -> RunResult:
         """Built on the writer thread once every batch has been seen, so the summary is whole."""
         return RunResult(status=self.status, summary={**self._last_values, **self.summary},
-                         meta=self._redactor.deep(dict(self.meta)), config=dict(self.config))
+                         meta=self._redactor.deep(dict(self.meta)), config=dict(self.config),
+                         series=frozenset(self._last_values))
 
     def __enter__(self) -> "Run":
         return self

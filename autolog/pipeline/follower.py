@@ -24,7 +24,8 @@ from autolog.sinks.base import Sink
 from autolog.store import format as store
 
 WINDOW_BATCHES = 64  # batches a follower may hold in memory ...
-WINDOW_POINTS = 500_000  # ... and scalar points (shared objects: the writer's own batches)
+WINDOW_POINTS = 500_000  # ... and scalar points, histogram bins and image bytes / 8 (the
+# writer's own batch objects, shared by every follower: no copy)
 SAVE_SECS = 1.0  # a follower records its position at most this often while it writes
 POSITIONS_FILE = "sinks.json"
 
@@ -72,8 +73,9 @@ class Positions:
             entries = []
         return cls(run_dir, [e for e in entries if isinstance(e, dict)])
 
-    def add(self, sink: Sink, offset: int = 0) -> dict[str, Any]:
-        entry = {**sink_spec(sink), "offset": offset, "done": False}
+    def add(self, sink: Sink, offset: int = 0, mode: str | None = None) -> dict[str, Any]:
+        """A new entry for `sink` (opened with ``RunInfo.mode`` `mode`), at log offset `offset`."""
+        entry = {**sink_spec(sink), "mode": mode, "offset": offset, "done": False}
         with self._lock:
             self.entries.append(entry)
         return entry
@@ -99,6 +101,18 @@ class Positions:
             pass  # the store reports disk trouble; a stale position means a later re-sync
 
 
+def _cost(batch: Batch) -> int:
+    """A batch's weight in the window, in scalar points (a histogram bin, 8 bytes of an image)."""
+    cost = len(batch.scalars) + sum(len(h.counts) for h in batch.histograms)
+    if batch.media:
+        cost += sum(int(getattr(m.data, "nbytes", 0) or 0) for m in batch.media) // 8
+    return cost
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
 class Follower:
     """Delivers the run's records to one sink on its own daemon thread, in log order."""
 
@@ -108,7 +122,7 @@ class Follower:
         self.sink, self.info, self.report, self.note = sink, info, report, note
         self.log_path = os.path.join(info.path, store.EVENTS_FILE)
         self.positions = positions
-        self.entry = entry if entry is not None else positions.add(sink, start)
+        self.entry = entry if entry is not None else positions.add(sink, start, info.mode)
         self.position = start  # the sink has every record of the log before this offset
         self.log_end = start
         self.window: collections.deque[tuple[Batch, int, int]] = collections.deque()
@@ -117,13 +131,14 @@ class Follower:
         self.result: RunResult | None = None
         self.abandoned = False
         self.done = False
+        self.failed = False  # the follower itself broke (not the sink): it delivers no more
         self.errors = 0
         self.first_error: str | None = None
         self.from_log = 0  # records read back from the file (the sink had fallen behind)
         self.counts = [0, 0, 0]  # scalar points, histograms, media delivered
         self.where: str | None = None  # where the sink says it writes (its `path`, once open)
         self._saved = 0.0
-        self.thread = threading.Thread(target=self._loop, name=f"autolog-sink-{sink.name}", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=f"autolog-sink-{sink.name}", daemon=True)
         self.thread.start()
 
     # -- writer thread ----------------------------------------------------------------------
@@ -131,7 +146,7 @@ class Follower:
         """The log now holds `batch` at [start, end): keep it in memory if there is room."""
         with self.cond:
             self.log_end = max(self.log_end, end)
-            n = len(batch.scalars)
+            n = _cost(batch)
             if len(self.window) < WINDOW_BATCHES and self._points + n <= max(WINDOW_POINTS, n) \
                     and end >= self.position:
                 self.window.append((batch, start, end))
@@ -155,13 +170,17 @@ class Follower:
         False when `deadline` (a `time.monotonic()` time; None: no limit) passed first."""
         with self.cond:
             while not (self.done or (self.result is None and self.position >= self.log_end and not self.window)):
-                if not self.thread.is_alive():
+                if self.failed or not self.thread.is_alive():
                     return self.done
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
                 self.cond.wait(left)
             return True
+
+    def record_position(self) -> None:
+        """Write the sink's position to ``sinks.json`` now (after `caught_up`: it is exact)."""
+        self.positions.update(self.entry, offset=self.position, done=False)
 
     def abandon(self) -> None:
         """Stop after the current call (the close timeout passed); the position stays recorded."""
@@ -200,7 +219,7 @@ class Follower:
 
     def _drop_head(self) -> None:
         batch, _s, _e = self.window.popleft()
-        self._points -= len(batch.scalars)
+        self._points -= _cost(batch)
 
     def _advance(self, end: int) -> None:
         with self.cond:
@@ -209,6 +228,15 @@ class Follower:
         # abandoned at close while this write was in flight: record it at once, the process may
         # be about to exit (`autolog sync` would otherwise write this batch a second time)
         self._save(force=self.abandoned)
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as exc:  # noqa: BLE001 -- reading the log failed: this sink stops here
+            self._call("follow the log", _raise, exc)  # counted and told like a sink error
+            with self.cond:
+                self.failed = True  # `caught_up` stops waiting; the position stays recorded
+                self.cond.notify_all()
 
     def _loop(self) -> None:
         opened = self._call("open", self.sink.open, self.info)

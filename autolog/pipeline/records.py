@@ -105,6 +105,9 @@ class RunResult:
     summary: dict[str, Any]
     meta: dict[str, Any]
     config: dict[str, Any]
+    # the names of every scalar series of the run, so that a sink resumed by `autolog sync`
+    # (which saw only part of the run) can tell series from other summary values
+    series: frozenset[str] = frozenset()
 
 
 STATUSES = ("running", "finished", "failed", "interrupted", "crashed")

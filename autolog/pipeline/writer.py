@@ -29,7 +29,6 @@ from autolog.pipeline.records import Batch, RunInfo, RunResult
 from autolog.sinks.base import Sink
 
 DEFAULT_MAX_PENDING_MB = 256.0
-_I64 = (-2**63, 2**63 - 1)  # the steps the log can store
 
 
 class _Close:
@@ -160,19 +159,7 @@ class Pipeline:
             follower.offer(batch, start, self.log_end)
 
     def _append(self, batch: Batch) -> int | None:
-        """Append to the log; a value the log cannot encode (a step outside int64) costs that
-        point alone: it is counted in `dropped_values` and the rest is appended."""
-        try:
-            return self.log.append(batch)
-        except (OverflowError, ValueError, TypeError):
-            pass
-        lo, hi = _I64
-        scalars = [p for p in batch.scalars if lo <= p[1] <= hi]
-        hists = [h for h in batch.histograms if lo <= h.step <= hi]
-        media = [m for m in batch.media if lo <= m.step <= hi]
-        self.dropped_values += (len(batch.scalars) - len(scalars) + len(batch.histograms) - len(hists)
-                                + len(batch.media) - len(media))
-        batch.scalars, batch.histograms, batch.media = scalars, hists, media
+        """Append to the log (which leaves out, and counts, values it cannot store); never raises."""
         try:
             return self.log.append(batch)
         except Exception as exc:  # noqa: BLE001 -- the log must go on for the next batch
@@ -204,13 +191,17 @@ class Pipeline:
             return self._logged >= count
 
     def wait(self, timeout: float) -> bool:
-        """Block until the log and every sink have every batch submitted so far (or `timeout`)."""
+        """Block until the log and every sink have every batch submitted so far (or `timeout`);
+        the positions in ``sinks.json`` are then exact."""
         deadline = time.monotonic() + timeout
         if not self._wait_logged(self._submitted, deadline):
             return False
         ok = True
         for follower in self.followers:
-            ok = follower.caught_up(deadline) and ok
+            if follower.caught_up(deadline):
+                follower.record_position()  # so a kill -9 after this costs no duplicate
+            else:
+                ok = False
         return ok
 
     def close(self, make_result: Callable[[], RunResult], timeout: float) -> bool:
@@ -255,6 +246,4 @@ class Pipeline:
             out["dropped_values"] = self.dropped_values
         if self.handoff_waits:
             out["handoff_waits"] = {"count": self.handoff_waits, "seconds": round(self.handoff_wait_secs, 3)}
-        if self.log.errors:
-            out["store_errors"] = dict(self.log.errors)
-        return out
+        return out  # the log's own errors and dropped values: the run's store meta

@@ -28,6 +28,7 @@ BUILTIN: dict[str, tuple[str, str, str | None]] = {
 }
 
 __all__ = ["Sink", "available_sinks", "resolve_sink", "resolve_sinks", "ENTRY_POINT_GROUP",
+           "unknown_sink_message",
            "LocalSink", "TensorBoardSink", "WandbSink", "CSVSink", "ConsoleSink"]
 
 
@@ -62,7 +63,18 @@ def sink_class(name: str) -> type[Sink]:
             raise TypeError(f"entry point {name!r} in {ENTRY_POINT_GROUP!r} must name a "
                             f"subclass of autolog.sinks.Sink, got {cls!r}")
         return cls
-    raise ValueError(f"unknown sink {name!r}; available sinks: {', '.join(available_sinks())}")
+    raise ValueError(unknown_sink_message(name))
+
+
+def unknown_sink_message(name: str) -> str:
+    """``unknown sink 'x'; did you mean ...? (available sinks: ...)``, as ``autolog plot`` says
+    it for metric names."""
+    import difflib
+
+    names = available_sinks()
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return f"unknown sink {name!r}{hint} (available sinks: {', '.join(names)})"
 
 
 def _importable(package: str) -> bool:

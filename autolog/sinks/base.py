@@ -34,15 +34,16 @@ class Sink:
 
         @functools.wraps(init)
         def __init__(self: Sink, *args: Any, **kw: Any) -> None:
-            if "_init_arguments" not in self.__dict__:  # the outermost constructor's arguments
-                self.__dict__["_init_arguments"] = (cls, args, kw)
+            state = getattr(self, "__dict__", None)  # (None for a sink with __slots__)
+            if state is not None and "_init_arguments" not in state:  # the outermost constructor's
+                state["_init_arguments"] = (cls, args, kw)
             init(self, *args, **kw)
 
         cls.__init__ = __init__  # type: ignore[misc]
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments that rebuild an equivalent sink: those it was constructed with."""
-        cls, args, kw = self.__dict__.get("_init_arguments", (None, (), {}))
+        cls, args, kw = getattr(self, "__dict__", {}).get("_init_arguments", (None, (), {}))
         if cls is None or not args:
             return dict(kw)
         init = cls.__dict__["__init__"].__wrapped__
@@ -55,6 +56,11 @@ class Sink:
             elif kind is not inspect.Parameter.VAR_POSITIONAL:
                 out[name] = value
         return out
+
+    def existing_output(self, run: RunInfo) -> str | None:
+        """Why writing `run` here again would duplicate it (its output is already where this
+        sink writes), or None. `autolog replay` refuses such a target unless ``--force``."""
+        return None
 
     def open(self, run: RunInfo) -> None:
         """The run started: `run.config` is final unless a later batch carries `config`."""

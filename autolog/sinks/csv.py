@@ -45,6 +45,7 @@ class CSVSink(Sink):
         self.path: str | None = None
         self._file: io.TextIOWrapper | None = None
         self._writer: Any = None
+        self._quoted: dict[str, str] = {}  # name -> its CSV cell (quoted when it must be)
 
     def open(self, run: RunInfo) -> None:
         path = os.fspath(self.path_arg) if self.path_arg is not None else "metrics.csv"
@@ -60,9 +61,19 @@ class CSVSink(Sink):
     def write(self, batch: Batch) -> None:
         if not batch.scalars or self._file is None:
             return
-        self._writer.writerows((int(step), repr(float(wall)), name, _cell(value))
-                               for name, step, value, wall in batch.scalars)
+        quoted, quote = self._quoted, self._quote
+        lines = [f"{step},{wall!r},{quoted.get(name) or quote(name)},{value!r}\n"
+                 if type(value) is float and type(wall) is float and type(step) is int
+                 else f"{int(step)},{float(wall)!r},{quoted.get(name) or quote(name)},{_cell(value)}\n"
+                 for name, step, value, wall in batch.scalars]
+        self._file.write("".join(lines))
         self._file.flush()
+
+    def _quote(self, name: str) -> str:
+        out = io.StringIO()
+        csv.writer(out, lineterminator="").writerow([name])
+        self._quoted[name] = cell = out.getvalue() or '""'
+        return cell
 
     def close(self, result: RunResult) -> None:
         if self._file is not None:

@@ -14,6 +14,7 @@ only to tools that read the moments.
 """
 from __future__ import annotations
 
+import glob
 import numbers
 import os
 import struct
@@ -219,15 +220,23 @@ class TensorBoardSink(Sink):
         """The directory the event files are written to (known once the run is open)."""
         return self._writer.get_logdir() if self._writer is not None else None
 
+    def _logdir(self, run: RunInfo) -> str:
+        return os.path.join(run.path, "tensorboard") if self.log_dir is None else os.path.join(self.log_dir, run.id)
+
+    def existing_output(self, run: RunInfo) -> str | None:
+        target = self._logdir(run)
+        if glob.glob(os.path.join(glob.escape(target), "events.out.tfevents.*")):
+            return (f"{target} already holds TensorBoard event files (from the live run or an earlier "
+                    f"replay); another would make TensorBoard show every point twice. Write elsewhere "
+                    f"with --log-dir DIR, or add one anyway with --force")
+        return None
+
     def open(self, run: RunInfo) -> None:
         self._run = run
         self._config = dict(run.config)
         start = run.meta.get("start_timestamp", run.meta.get("start_time"))
         self._start = float(start) if _is_number(start) else time.time()
-        if self.log_dir is None:
-            logdir = os.path.join(run.path, "tensorboard")
-        else:
-            logdir = os.path.join(self.log_dir, run.id)
+        logdir = self._logdir(run)
         self._writer = EventFileWriter(logdir, max_queue_size=self.max_queue,
                                        flush_secs=self.flush_secs)
         self._add(text_summary("config", markdown_table(self._config)), 0, time.time())
@@ -259,7 +268,7 @@ class TensorBoardSink(Sink):
             self._config.update(result.config or {})
             # summary values that are not scalar series (e.g. the function's return values)
             extra = {k: v for k, v in result.summary.items()
-                     if k not in self._tags and _is_number(v)}
+                     if k not in self._tags and k not in result.series and _is_number(v)}
             if extra:
                 points = [(k, self._last_step, float(v), now) for k, v in extra.items()]
                 for summary, step, wall in scalar_summaries(points):

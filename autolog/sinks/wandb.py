@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import atexit
 import html
+import glob
 import os
 import re
 import sys
@@ -181,6 +182,14 @@ class WandbSink(Sink):
         }
         args.update(extra)
         return args
+
+    def existing_output(self, run: RunInfo) -> str | None:
+        run_id = wandb_run_id(run.id) or ""
+        pattern = os.path.join(glob.escape(os.path.join(run.path, "wandb")), f"*run-*-{glob.escape(run_id)}")
+        if glob.glob(pattern):
+            return (f"{run.path}/wandb already holds a W&B run with id {run_id!r} (from the live run "
+                    f"or an earlier replay); add another anyway with --force")
+        return None
 
     def open(self, run: RunInfo) -> None:
         import wandb

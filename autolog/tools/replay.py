@@ -23,25 +23,24 @@ Choices:
 - Status: sinks know ``finished``, ``failed`` and ``interrupted``. A ``crashed`` run (the writer
   died without closing) is sent as ``failed``; a run still ``running`` as ``interrupted``
   (`STATUS_MAP`). `sync` refuses a run whose writer is still alive.
-- Replay refuses a target that already holds this run's output unless ``force``: TensorBoard
-  event files in the target directory (a second file would show every point twice; write
-  elsewhere with ``log_dir``), or a W&B run with the same id under ``<run>/wandb``. ``local``
+- Replay refuses a target that already holds this run's output unless ``force`` (each sink says
+  so itself, `Sink.existing_output`): TensorBoard event files in the target directory (a second
+  file would show every point twice; write elsewhere with ``log_dir``), or a W&B run with the
+  same id under ``<run>/wandb``. ``local``
   is refused (the run is its log). Each target is done if it can be; every refusal is reported
   and makes the exit status 1.
 - A sink that fails is reported once and counted; the other sinks go on, as in a live run.
 """
 from __future__ import annotations
 
-import difflib
-import glob
 import os
 import sys
 import time
 from typing import Any, Callable, Sequence
 
-from autolog.pipeline.follower import Follower, Positions, build_sink
+from autolog.pipeline.follower import POSITIONS_FILE, Follower, Positions, build_sink
 from autolog.pipeline.records import RunInfo, RunResult
-from autolog.sinks import Sink, available_sinks, sink_class
+from autolog.sinks import Sink, available_sinks, sink_class, unknown_sink_message
 from autolog.store import format as store
 from autolog.store.reader import RunData
 
@@ -66,7 +65,7 @@ def run_info(run: RunData, mode: str | None = None, resumed: bool = False) -> Ru
 def run_result(run: RunData) -> RunResult:
     """How the run ended, with its status mapped by `STATUS_MAP`."""
     return RunResult(status=STATUS_MAP.get(run.status, "failed"), summary=dict(run.summary),
-                     meta=dict(run.meta), config=dict(run.config))
+                     meta=dict(run.meta), config=dict(run.config), series=frozenset(run.metrics))
 
 
 def _log_path(run: RunData) -> str:
@@ -107,45 +106,20 @@ def _follow(run: RunData, items: list[tuple[str, Sink, dict[str, Any], int]], in
 
 # ------------------------------------------------------------------------ replay
 
-def _event_files(folder: str) -> list[str]:
-    return glob.glob(os.path.join(glob.escape(folder), "events.out.tfevents.*"))
-
-
-def unknown_sink_message(name: str) -> str:
-    """``unknown sink 'x'; did you mean ...? available sinks: ...`` (as ``plot`` says it)."""
-    names = available_sinks()
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return f"unknown sink {name!r}{hint} (available sinks: {', '.join(names)})"
-
-
-def _make_sink(name: str, run: RunData, log_dir: str | None, force: bool) -> Sink:
+def _make_sink(name: str, info: RunInfo, log_dir: str | None, force: bool) -> Sink:
     if name == "local":
         raise ReplayError("'local': the run is already in the local store (its log)")
     if name not in available_sinks():
         raise ReplayError(unknown_sink_message(name))
     try:
         cls = sink_class(name)
+        sink = cls(log_dir=log_dir) if name == "tensorboard" else cls()
     except (ValueError, ImportError, TypeError) as exc:
         raise ReplayError(f"{name!r}: {exc}") from exc
-    if name == "tensorboard":
-        target = os.path.join(log_dir, run.id) if log_dir else os.path.join(run.path, "tensorboard")
-        if _event_files(target) and not force:
-            raise ReplayError(
-                f"{target} already holds TensorBoard event files (from the live run or an earlier "
-                f"replay); another would make TensorBoard show every point twice. Write elsewhere "
-                f"with --log-dir DIR, or add one anyway with --force")
-        return cls(log_dir=log_dir)
-    if name == "wandb":
-        from autolog.sinks.wandb import wandb_run_id
-
-        pattern = os.path.join(glob.escape(os.path.join(run.path, "wandb")),
-                               f"*run-*-{glob.escape(wandb_run_id(run.id) or '')}")
-        if glob.glob(pattern) and not force:
-            raise ReplayError(
-                f"{run.path}/wandb already holds a W&B run with id {wandb_run_id(run.id)!r} (from "
-                f"the live run or an earlier replay); add another anyway with --force")
-    return cls()
+    already = sink.existing_output(info)  # each backend knows where it writes
+    if already and not force:
+        raise ReplayError(already)
+    return sink
 
 
 def replay(run: RunData, to: Sequence[str], *, offline: bool = False, log_dir: str | None = None,
@@ -161,23 +135,24 @@ def replay(run: RunData, to: Sequence[str], *, offline: bool = False, log_dir: s
     names = list(dict.fromkeys(n.strip() for n in to if n.strip()))
     if not names:
         raise ReplayError("no sink to replay into")
+    mode = "offline" if offline or os.environ.get("WANDB_MODE") == "offline" else None
+    info = run_info(run, mode)
     refused: list[str] = []
     sinks: list[tuple[str, Sink]] = []
     for name in names:
         try:
-            sinks.append((name, _make_sink(name, run, log_dir, force)))
+            sinks.append((name, _make_sink(name, info, log_dir, force)))
         except ReplayError as exc:
             refused.append(name)
             print(f"autolog replay: refused {exc}", file=sys.stderr)
-    mode = "offline" if offline or os.environ.get("WANDB_MODE") == "offline" else None
     result = run_result(run)
     if sinks and result.status != run.status:
         out(f"note: run status {run.status!r} is sent to the sinks as {result.status!r}")
     positions = Positions.load(run.path)
     started = time.monotonic()
-    items = [(name, sink, positions.add(sink), 0) for name, sink in sinks]
+    items = [(name, sink, positions.add(sink, 0, mode), 0) for name, sink in sinks]
     positions.save()
-    followers = _follow(run, items, run_info(run, mode), positions, result, out) if items else {}
+    followers = _follow(run, items, info, positions, result, out) if items else {}
     took = time.monotonic() - started
     if followers:
         scalars, hists, media = next(iter(followers.values())).counts
@@ -205,6 +180,9 @@ def sync(run: RunData, out: Callable[[str], None] = print) -> int:
         out(f"autolog sync: run {run.id} is still being written by its process; sync it when it ends")
         return 1
     positions = Positions.load(run.path)
+    if not positions.entries:
+        out(f"run {run.id} ({run.name}): no sink positions recorded ({POSITIONS_FILE}); nothing to sync")
+        return 0
     pending = [e for e in positions.entries if not e.get("done") and e.get("syncable", True)]
     if not pending:
         out(f"run {run.id} ({run.name}): every sink has everything; nothing to sync")
@@ -221,7 +199,11 @@ def sync(run: RunData, out: Callable[[str], None] = print) -> int:
             continue
         items.append((label, sink, entry, int(entry.get("offset", 0))))
     starts = {label: start for label, _s, _e, start in items}
-    followers = _follow(run, items, run_info(run, resumed=True), positions, run_result(run), out)
+    followers: dict[str, Follower] = {}
+    for mode in dict.fromkeys(e.get("mode") for _l, _s, e, _o in items):  # as each was opened live
+        group = [item for item in items if item[2].get("mode") == mode]
+        followers.update(_follow(run, group, run_info(run, mode, resumed=True), positions,
+                                 run_result(run), out))
     for label, follower in followers.items():
         name = label.rpartition("#")[0]
         ok = follower.done and not follower.errors
