@@ -122,3 +122,10 @@ def test_secret_paths():
     out = r.config(flat)
     assert out == {"creds.user": MASK, "max_tokens": 512, "tokenizer.name": "bpe", "auth.enabled": True,
                    "db_pass": MASK, "num_pass": 3, "keys.0": "k", "secret_sauce.level": MASK}
+
+
+def test_loose_key_names_mask_short_values_without_scrubbing_them_everywhere():
+    r = Redactor()
+    out = r.config({"sort_key": "name", "db_pass": "abcde", "openai_key": "longer-secret"})
+    assert out == {"sort_key": MASK, "db_pass": MASK, "openai_key": MASK}
+    assert r.text("model name abcde longer-secret") == f"model name {MASK} {MASK}"
