@@ -330,7 +330,8 @@ class Run:
         return record
 
     # ------------------------------------------------------------------ logging
-    def _step_for(self, step: Any, names: list[str], what: str = "autolog.log") -> int:
+    def _step_for(self, step: int | None, names: list[str]) -> int:
+        """The step of values logged under `names` (`step`: None or an already checked step)."""
         if step is None:
             if not self._optimizer_seen and any(n in self._keys_at_step for n in names):
                 self._step += 1  # no optimizer in this run: a repeated key starts a new step
@@ -339,7 +340,7 @@ class Run:
                     self._handoff()
             self._keys_at_step.update(names)
             return self._step
-        return validate.step(step, what)
+        return step
 
     def log(self, data: Mapping[str, Any] | str, value: Any = None, *, step: int | None = None,
             prog_bar: bool = False, sync_dist: bool = False, reduce: str = "mean") -> None:
