@@ -113,3 +113,19 @@ def test_run_name_tags_and_a_non_utf8_dir_from_the_environment(tmp_path, monkeyp
     assert back.status == "finished" and back.name == "run\\xff" and back.metrics["a"] == [(0, 1.0)]
     with open(os.path.join(back.path, "run.json"), encoding="utf-8") as fh:
         assert json.load(fh)["tags"] == ["t\\xe9"]
+
+
+def test_a_sink_error_with_a_surrogate_is_recorded(tmp_path):
+    from autolog.sinks.base import Sink
+
+    class Broken(Sink):
+        name = "broken"
+
+        def write(self, batch):
+            raise OSError("cannot write caf\udce9.csv")
+
+    with autolog.run(sinks=["local", Broken()], dir=str(tmp_path)) as run:
+        autolog.log({"a": 1.0})
+    back = autolog.read_run(run.path)
+    assert back.status == "finished" and back.metrics["a"] == [(0, 1.0)]
+    assert "caf\\xe9.csv" in back.meta["sink_errors"]["broken"]["first_error"]

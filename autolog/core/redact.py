@@ -23,6 +23,8 @@ import threading
 import weakref
 from typing import Any, Iterable
 
+from autolog.core.validate import clean_text
+
 MASK = "***"
 
 # Key segments (split on _ - . / and camelCase) that always mark a secret.
@@ -161,9 +163,11 @@ class Redactor:
                 if short else None
 
     def text(self, value: str) -> str:
-        """`value` with every known secret literal, URL password and well-known key format masked."""
+        """`value` with every known secret literal, URL password and well-known key format masked
+        (and made storable text: `clean_text`)."""
         if not isinstance(value, str) or not value:
             return value
+        value = clean_text(value)
         for literal in self._long:
             if literal in value:
                 value = value.replace(literal, MASK)
