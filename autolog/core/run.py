@@ -494,19 +494,26 @@ def summary_from_return(value: Any) -> dict[str, float]:
     """The numeric parts of a train function's return value, for the summary."""
     out: dict[str, float] = {}
 
-    def add(name: str, v: Any) -> None:
-        if isinstance(v, torch.Tensor) and v.numel() == 1:
+    def add(name: str, v: Any, depth: int = 0) -> None:
+        if depth > 6:  # a recursive or very deep return value: the rest is left out
+            return
+        if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_meta and v.layout == torch.strided \
+                and not v.is_complex():
             v = v.item()
         if isinstance(v, np.generic):
             v = v.item()
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[name] = float(v)
+            try:
+                out[name] = float(v)
+            except OverflowError:  # an int beyond float64: left out
+                pass
         elif isinstance(v, Mapping):
             for k, item in v.items():
-                add(f"{name}/{k}" if name else str(k), item)
+                key = validate.clean_text(validate.safe_str(k))
+                add(f"{name}/{key}" if name else key, item, depth + 1)
         elif isinstance(v, (list, tuple)) and len(v) <= 64:
             for i, item in enumerate(v):
-                add(f"{name or 'return'}/{i}", item)
+                add(f"{name or 'return'}/{i}", item, depth + 1)
 
     if isinstance(value, Mapping):
         add("", value)
