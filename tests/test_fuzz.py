@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 
 import numpy as np
@@ -23,18 +24,14 @@ import autolog
 STEP_MAX = 2**63 - 1
 
 
+def _escape(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if code >= 0xDC80 and code <= 0xDCFF else f"\\u{code:04x}"
+
+
 def escaped(text: str) -> str:
     """The documented text rule: lone surrogates escaped, everything else unchanged."""
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if 0xDC80 <= code <= 0xDCFF:
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif 0xD800 <= code <= 0xDFFF:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
+    return re.sub("[\ud800-\udfff]", _escape, text)
 
 
 class Refused(Exception):
