@@ -35,6 +35,16 @@ CHILD = textwrap.dedent("""
 """)
 
 
+def _csv_values(path: str, name: str) -> list[float]:
+    """The values of `name` in the CSV sink's file, whether it is wide (a column per name) or
+    long (step, wall_time, name, value rows)."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if rows and {"name", "value"} <= set(rows[0]):
+        return [float(r["value"]) for r in rows if r["name"] == name]
+    return [float(r[name]) for r in rows if r.get(name)]
+
+
 def test_non_utf8_argv_cwd_config_names_and_texts_are_stored_everywhere(tmp_path):
     runs = tmp_path / "runs"
     cwd = os.path.join(os.fsencode(tmp_path), b"dir-\xff\xfe")  # a real non-UTF-8 directory
@@ -60,10 +70,9 @@ def test_non_utf8_argv_cwd_config_names_and_texts_are_stored_everywhere(tmp_path
     with open(os.path.join(run.path, "run.json"), encoding="utf-8") as fh:  # valid UTF-8 JSON
         assert json.load(fh)["config"]["f"] == "caf\\xe9.csv"
 
-    with open(os.path.join(run.path, "metrics.csv"), encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    assert [float(r["loss"]) for r in rows if r.get("loss")] == [float(s) for s in range(20)]
-    assert [r["bad\\ud800"] for r in rows if r.get("bad\\ud800")] == ["1.0"]
+    csv_path = os.path.join(run.path, "metrics.csv")
+    assert _csv_values(csv_path, "loss") == [float(s) for s in range(20)]
+    assert _csv_values(csv_path, "bad\\ud800") == [1.0]
 
     acc = ea.EventAccumulator(os.path.join(run.path, "tensorboard"), size_guidance=dict.fromkeys(
         ea.DEFAULT_SIZE_GUIDANCE, 0)).Reload()
