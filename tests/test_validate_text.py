@@ -19,7 +19,7 @@ CHILD = textwrap.dedent("""
     import autolog
 
     @autolog.track(project="text", dir=sys.argv[1], sinks=["local", "csv", "tensorboard"], log_every=5)
-    def train(data="x\\udcff", label="caf\\u00e9 \\u2615"):
+    def train(data="x\\udcff", label="caf\\u00e9 \\u2615", other="x\\udcff"):
         run = autolog.current_run()
         for step in range(20):
             autolog.log({"loss": float(step)}, step=step)
@@ -60,6 +60,7 @@ def test_non_utf8_argv_cwd_config_names_and_texts_are_stored_everywhere(tmp_path
     assert run.status == "finished"
     assert run.config["data"] == "/data/caf\\xe9.csv"  # argv[3] given to the function: escaped byte
     assert run.config["label"] == "café ☕"  # valid text: unchanged
+    assert run.config["other"] == "x\\xff"  # a config value "x\udcff"
     assert run.config["f"] == "caf\\xe9.csv"
     assert run.meta["command"][-1] == "/data/caf\\xe9.csv"
     assert run.meta["cwd"].endswith("dir-\\xff\\xfe")
