@@ -157,6 +157,9 @@ def log(data: Mapping[str, Any] | str, value: Any = None, *, step: int | None = 
         prog_bar: bool = False, sync_dist: bool = False, reduce: str = "mean") -> None:
     """Record scalars in the open run: ``log({"val/acc": acc})`` or ``log("val/acc", acc)``.
 
+    Values: Python/numpy numbers or one-element real tensors (kept on their device). Everything
+    is checked before anything is recorded: a bad name or value raises TypeError/ValueError
+    naming its key, a bad `step` (not an integer in 0..2**63-1) a ValueError naming ``step``.
     Outside a run the call is ignored with one warning.
     """
     active = _target()

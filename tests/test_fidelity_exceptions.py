@@ -68,3 +68,19 @@ def test_a_failing_end_of_run_never_replaces_the_result(tmp_path, capfd):
     (run,) = autolog.list_runs(str(tmp_path))
     assert run.status == "finished"
     assert "while ending the run: RuntimeError: hook" in capfd.readouterr().err
+
+
+def test_odd_return_values_keep_the_rest_of_the_summary(tmp_path):
+    loop: dict = {"ok": 2.0}
+    loop["self"] = loop
+    result = {"score": 1.0, "caf\udce9": 3.0, "huge": 10**400, "loop": loop, "t": torch.tensor(1j)}
+
+    @autolog.track(sinks=["local"], dir=str(tmp_path))
+    def train():
+        return result
+
+    assert train() is result
+    (run,) = autolog.list_runs(str(tmp_path))
+    assert run.status == "finished"
+    assert run.summary["score"] == 1.0 and run.summary["caf\\xe9"] == 3.0 and run.summary["loop/ok"] == 2.0
+    assert "huge" not in run.summary and "t" not in run.summary

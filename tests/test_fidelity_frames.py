@@ -96,3 +96,20 @@ def test_nonfinite_warning_points_at_the_users_line(tmp_path, where):
     assert len(found) == 1
     assert found[0].filename == __file__, found[0].filename
     assert autolog.read_run(run.path).meta["nonfinite"]["step"] == 0
+
+
+def test_warnings_as_errors_never_raise_into_training(tmp_path):
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with autolog.run(sinks=["local"], dir=str(tmp_path), log_every=2) as run:
+            autolog.watch(model)
+            for i in range(6):
+                loss = model(torch.ones(2, 2)).sum() * (float("nan") if i == 0 else 1.0)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                run.flush(wait=True)
+    back = autolog.read_run(run.path)
+    assert back.status == "finished" and back.meta["nonfinite"]["step"] == 0

@@ -114,6 +114,9 @@ def test_spawn_child_gets_a_plain_model(tmp_path):
     out = str(tmp_path / "child.pt")
     with autolog.run(sinks=["local"], dir=str(tmp_path)):
         autolog.watch(model)
+        from multiprocessing.reduction import ForkingPickler
+
+        assert b"autolog" not in bytes(ForkingPickler.dumps(model))  # what spawn sends the child
         mp.spawn(_child, args=(model, out), nprocs=1, join=True)
     result = torch.load(out)
     assert result["hooks"] == 0 and result["last"] < result["first"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 
 import numpy as np
@@ -23,18 +24,14 @@ import autolog
 STEP_MAX = 2**63 - 1
 
 
+def _escape(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code - 0xDC00:02x}" if code >= 0xDC80 and code <= 0xDCFF else f"\\u{code:04x}"
+
+
 def escaped(text: str) -> str:
     """The documented text rule: lone surrogates escaped, everything else unchanged."""
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if 0xDC80 <= code <= 0xDCFF:
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif 0xD800 <= code <= 0xDFFF:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
+    return re.sub("[\ud800-\udfff]", _escape, text)
 
 
 class Refused(Exception):
@@ -127,7 +124,12 @@ IMAGES = st.one_of(
               hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=5),
                          elements=st.floats(0, 1, width=32))),
 )
-CONFIG_LEAVES = st.one_of(st.none(), st.booleans(), st.integers(-10**5000, 10**5000) | st.integers(-99, 99),
+class RaisesInRepr:
+    def __repr__(self):
+        raise RuntimeError("no repr")
+
+
+CONFIG_LEAVES = st.one_of(st.builds(RaisesInRepr), st.none(), st.booleans(), st.integers(-10**5000, 10**5000) | st.integers(-99, 99),
                           st.floats(allow_nan=True), texts(max_size=20), st.text(max_size=600))
 CONFIG = st.recursive(CONFIG_LEAVES, lambda inner: st.lists(inner, max_size=4)
                       | st.dictionaries(texts(st.sampled_from("abc0é\udcff"), 1, 3), inner, max_size=4),
@@ -138,10 +140,14 @@ OPS = st.one_of(
     st.tuples(st.just("log_pair"), NAMES, VALUES, STEPS),
     st.tuples(st.just("text"), NAMES, texts(max_size=20), st.none() | STEPS),
     st.tuples(st.just("image"), NAMES, IMAGES, st.none() | STEPS),
+    st.tuples(st.just("log_nested"), NAMES, NAMES, VALUES, STEPS),
+    st.tuples(st.just("config"), st.dictionaries(st.sampled_from(["u0", "u1"]), CONFIG, min_size=1)),
 )
 
 
 def expected_config_leaf(value):
+    if isinstance(value, RaisesInRepr):
+        return "<unrepresentable: RuntimeError in __repr__>"
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):
@@ -160,12 +166,23 @@ def test_every_call_records_exactly_or_raises_the_documented_error(ops, config):
     root = tempfile.mkdtemp(dir=os.getcwd())
     metrics: dict[str, list] = {}
     media: list = []
+    updates: dict = {}
 
     @autolog.track(project="fuzz", dir=root, sinks=["local"], log_every=3)
     def train(**kwargs):
         for op in ops:
             kind = op[0]
-            if kind in ("log", "log_pair"):
+            if kind == "config":
+                autolog.current_run().update_config(op[1])  # never raises
+                updates.update(op[1])
+                continue
+            if kind == "log_nested":  # {outer: {inner: value}} is recorded as "outer/inner"
+                results, errors = outcome((expect_name, op[1]), (expect_name, op[2]), (expect_value, op[3]),
+                                          (expect_step, op[4]))
+                if not errors:
+                    results = [f"{results[0]}/{results[1]}", *results[2:]]
+                call = lambda: autolog.log({op[1]: {op[2]: op[3]}}, step=op[4])  # noqa: E731
+            elif kind in ("log", "log_pair"):
                 items = list(op[1].items()) if kind == "log" else [(op[1], op[2])]
                 checks = [c for k, v in items for c in ((expect_name, k), (expect_value, v))]
                 results, errors = outcome(*checks, (expect_step, op[-1]))
@@ -185,7 +202,7 @@ def test_every_call_records_exactly_or_raises_the_documented_error(ops, config):
                 continue
             assert not errors, f"{op!r} accepted but expected {errors}"
             step = results[-1]
-            if kind in ("log", "log_pair"):
+            if kind in ("log", "log_pair", "log_nested"):
                 for name, value in zip(results[0:-1:2], results[1:-1:2]):
                     metrics.setdefault(name, []).append((step, value))
             elif kind == "text":
@@ -214,6 +231,6 @@ def test_every_call_records_exactly_or_raises_the_documented_error(ops, config):
 
     with open(os.path.join(run.path, "run.json"), encoding="utf-8") as fh:
         assert json.load(fh)["config"] == run.config  # valid UTF-8 JSON, whatever the input
-    for name, value in config.items():
+    for name, value in [*config.items(), *updates.items()]:
         if not isinstance(value, (list, dict)):
             assert run.config[name] == expected_config_leaf(value), name

@@ -6,6 +6,7 @@ W&B offline .wandb file and W&B's debug logs) and everything printed."""
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -21,6 +22,8 @@ SECRETS = {
     "short": "abcde",         # password: 5 characters
     "url": "urlpw9",          # inside a sink's error message
     "argpw": "qwe",           # 3 characters, as a word
+    "argv": "argvsecret9",    # --password on the command line
+    "argv_url": "argvurl42",  # a URL password on the command line
 }
 
 
@@ -49,6 +52,8 @@ def leaked_run(tmp_path, capfd, monkeypatch):
     for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
         monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setattr(sys, "argv", ["train.py", "--password", SECRETS["argv"],
+                                      f"--db=postgres://u:{SECRETS['argv_url']}@h/x"])
 
     @autolog.track(project="redact", dir=str(tmp_path / "runs"), log_every=5,
                    sinks=["local", "tensorboard", "wandb", "console", "csv", LeakySink()])
@@ -80,6 +85,7 @@ def test_secret_named_parents_mask_the_whole_subtree(leaked_run):
     assert run.config["secrets.db"] == MASK and run.config["tokens.0.value"] == MASK
     assert run.config["password"] == MASK and run.config["later.api_key"] == MASK
     assert run.config["lr"] == 0.1 and run.config["note"] == "plain"
+    assert run.meta["command"][-3:] == ["--password", MASK, f"--db=postgres://u:{MASK}@h/x"]
     assert len(run.metrics["train/loss"]) == 10
 
 
@@ -122,3 +128,10 @@ def test_secret_paths():
     out = r.config(flat)
     assert out == {"creds.user": MASK, "max_tokens": 512, "tokenizer.name": "bpe", "auth.enabled": True,
                    "db_pass": MASK, "num_pass": 3, "keys.0": "k", "secret_sauce.level": MASK}
+
+
+def test_loose_key_names_mask_short_values_without_scrubbing_them_everywhere():
+    r = Redactor()
+    out = r.config({"sort_key": "name", "db_pass": "abcde", "openai_key": "longer-secret"})
+    assert out == {"sort_key": MASK, "db_pass": MASK, "openai_key": MASK}
+    assert r.text("model name abcde longer-secret") == f"model name {MASK} {MASK}"

@@ -155,3 +155,10 @@ def test_bf16_and_fp16_images_are_converted_like_float32(tmp_path):
 def test_bad_images_name_the_argument(autolog_run, image, exc, needle):
     with pytest.raises(exc, match=f"autolog.log_image 'pic': image: .*{needle}"):
         autolog.log_image("pic", image)
+
+
+def test_extreme_float_images_clip_without_numpy_warnings(autolog_run):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        arr = autolog.pipeline.media.image_array(np.array([[1e308, -1e308], [np.nan, np.inf]]))
+    assert arr[:, :, 0].tolist() == [[255, 0], [0, 255]]

@@ -19,7 +19,7 @@ CHILD = textwrap.dedent("""
     import autolog
 
     @autolog.track(project="text", dir=sys.argv[1], sinks=["local", "csv", "tensorboard"], log_every=5)
-    def train(data="x\\udcff", label="caf\\u00e9 \\u2615"):
+    def train(data="x\\udcff", label="caf\\u00e9 \\u2615", other="x\\udcff"):
         run = autolog.current_run()
         for step in range(20):
             autolog.log({"loss": float(step)}, step=step)
@@ -33,6 +33,16 @@ CHILD = textwrap.dedent("""
     train(data=sys.argv[3])
     print("DONE", autolog.current_run() is None)
 """)
+
+
+def _csv_values(path: str, name: str) -> list[float]:
+    """The values of `name` in the CSV sink's file, whether it is wide (a column per name) or
+    long (step, wall_time, name, value rows)."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if rows and {"name", "value"} <= set(rows[0]):
+        return [float(r["value"]) for r in rows if r["name"] == name]
+    return [float(r[name]) for r in rows if r.get(name)]
 
 
 def test_non_utf8_argv_cwd_config_names_and_texts_are_stored_everywhere(tmp_path):
@@ -50,6 +60,7 @@ def test_non_utf8_argv_cwd_config_names_and_texts_are_stored_everywhere(tmp_path
     assert run.status == "finished"
     assert run.config["data"] == "/data/caf\\xe9.csv"  # argv[3] given to the function: escaped byte
     assert run.config["label"] == "café ☕"  # valid text: unchanged
+    assert run.config["other"] == "x\\xff"  # a config value "x\udcff"
     assert run.config["f"] == "caf\\xe9.csv"
     assert run.meta["command"][-1] == "/data/caf\\xe9.csv"
     assert run.meta["cwd"].endswith("dir-\\xff\\xfe")
@@ -60,10 +71,9 @@ def test_non_utf8_argv_cwd_config_names_and_texts_are_stored_everywhere(tmp_path
     with open(os.path.join(run.path, "run.json"), encoding="utf-8") as fh:  # valid UTF-8 JSON
         assert json.load(fh)["config"]["f"] == "caf\\xe9.csv"
 
-    with open(os.path.join(run.path, "metrics.csv"), encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    assert [float(r["loss"]) for r in rows if r.get("loss")] == [float(s) for s in range(20)]
-    assert [r["bad\\ud800"] for r in rows if r.get("bad\\ud800")] == ["1.0"]
+    csv_path = os.path.join(run.path, "metrics.csv")
+    assert _csv_values(csv_path, "loss") == [float(s) for s in range(20)]
+    assert _csv_values(csv_path, "bad\\ud800") == [1.0]
 
     acc = ea.EventAccumulator(os.path.join(run.path, "tensorboard"), size_guidance=dict.fromkeys(
         ea.DEFAULT_SIZE_GUIDANCE, 0)).Reload()
@@ -113,3 +123,19 @@ def test_run_name_tags_and_a_non_utf8_dir_from_the_environment(tmp_path, monkeyp
     assert back.status == "finished" and back.name == "run\\xff" and back.metrics["a"] == [(0, 1.0)]
     with open(os.path.join(back.path, "run.json"), encoding="utf-8") as fh:
         assert json.load(fh)["tags"] == ["t\\xe9"]
+
+
+def test_a_sink_error_with_a_surrogate_is_recorded(tmp_path):
+    from autolog.sinks.base import Sink
+
+    class Broken(Sink):
+        name = "broken"
+
+        def write(self, batch):
+            raise OSError("cannot write caf\udce9.csv")
+
+    with autolog.run(sinks=["local", Broken()], dir=str(tmp_path)) as run:
+        autolog.log({"a": 1.0})
+    back = autolog.read_run(run.path)
+    assert back.status == "finished" and back.metrics["a"] == [(0, 1.0)]
+    assert "caf\\xe9.csv" in back.meta["sink_errors"]["broken"]["first_error"]

@@ -29,19 +29,23 @@ _previous: dict[type, Any] = {}  # class -> the dispatch-table entry found befor
 
 
 class ModuleHook:
-    """A module hook calling `callback` (held weakly: the hook never keeps its owner alive;
-    once the owner is gone the hook does nothing). Not meant to be pickled: a pickled one,
+    """A module hook calling `callback`: a bound method's object is held weakly (the hook never
+    keeps its owner alive; once the owner is gone the hook does nothing). Not meant to be pickled: a pickled one,
     should a path bypass the reducer, comes back as a hook that does nothing."""
 
-    __slots__ = ("_ref", "__weakref__")
+    __slots__ = ("_owner", "_func", "__weakref__")
 
     def __init__(self, callback: Callable[..., Any]) -> None:
-        self._ref: Callable[[], Any] = weakref.WeakMethod(callback) if hasattr(callback, "__self__") \
-            else (lambda: callback)
+        owner = getattr(callback, "__self__", None)
+        # a bound method: its object weakly, its function; else the (module-level) function
+        self._owner: weakref.ref | None = weakref.ref(owner) if owner is not None else None
+        self._func: Callable[..., Any] = getattr(callback, "__func__", callback)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        callback = self._ref()
-        return None if callback is None else callback(*args, **kwargs)
+    def __call__(self, *args: Any) -> Any:  # torch passes hook arguments positionally
+        if self._owner is None:
+            return self._func(*args)
+        owner = self._owner()
+        return None if owner is None else self._func(owner, *args)
 
     def __reduce__(self) -> Any:
         return _dead_hook, ()

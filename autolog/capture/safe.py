@@ -89,4 +89,7 @@ def flush_warnings() -> None:
             message, category = _deferred.pop(0)
         except IndexError:
             return
-        warn_user(message, category)
+        try:
+            warn_user(message, category)
+        except Exception:  # noqa: BLE001 -- warnings turned into errors (-W error) must not
+            pass  # raise into the user's backward/step; the finding is in the run's meta anyway

@@ -26,7 +26,7 @@ def git_info(cwd: str | None = None, timeout: float = 2.0) -> dict[str, Any]:
         commit = run("rev-parse", "HEAD")
         dirty = bool(run("status", "--porcelain", "--untracked-files=no"))
         return {"git_commit": commit, "git_dirty": dirty}
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, subprocess.SubprocessError, ValueError):  # ValueError: undecodable output
         return {}
 
 

@@ -6,7 +6,8 @@
    ``secrets.db``, ``tokens.0.value``: the whole subtree under "credentials", "secrets",
    "tokens"), or a key matching a ``redact=`` pattern. Command-line flags named like secrets
    (``--api-key X``, ``--password=X``) are masked the same way.
-2. Every literal masked once (strings of any length; integers of 6 digits or more) is scrubbed
+2. Every literal masked once (strings of any length, integers of 6 digits or more; under a name
+   that is secret only by ending in "key", like "sort_key", strings of 6 characters or more) is scrubbed
    from every text autolog writes afterwards: exception messages and tracebacks, texts
    (`log_text`), meta (sink and capture errors included), the console summary and what autolog
    prints on stderr. Literals of 4 characters or more are replaced wherever they occur; shorter
@@ -21,6 +22,8 @@ import re
 import threading
 import weakref
 from typing import Any, Iterable
+
+from autolog.core.validate import clean_text
 
 MASK = "***"
 
@@ -136,6 +139,12 @@ class Redactor:
         strength = key_is_secret(key)
         return strength == "strong" or (strength == "weak" and isinstance(value, (str, bytes)))
 
+    def _loose_key(self, key: str) -> bool:
+        """A key masked only because it ends in "key" ("sort_key"): its short values ("name")
+        are masked in the config but not scrubbed from other texts."""
+        return key_is_secret(key) == "weak" and _segments(str(key).rsplit(".", 1)[-1])[-1] in ("key", "keys") \
+            and not parent_is_secret(key) and not any(p.search(key) for p in self.extra)
+
     def _remember(self, value: Any) -> None:
         """Scrub `value` (a masked secret) from every later text."""
         if isinstance(value, (list, tuple)):
@@ -154,9 +163,11 @@ class Redactor:
                 if short else None
 
     def text(self, value: str) -> str:
-        """`value` with every known secret literal, URL password and well-known key format masked."""
+        """`value` with every known secret literal, URL password and well-known key format masked
+        (and made storable text: `clean_text`)."""
         if not isinstance(value, str) or not value:
             return value
+        value = clean_text(value)
         for literal in self._long:
             if literal in value:
                 value = value.replace(literal, MASK)
@@ -179,7 +190,8 @@ class Redactor:
                 if isinstance(value, str) and value in ("", MASK):
                     out[key] = value
                     continue
-                self._remember(value)
+                if len(str(value)) >= 6 or not self._loose_key(key):
+                    self._remember(value)
                 out[key] = MASK
             else:
                 out[key] = value

@@ -355,7 +355,8 @@ class Run:
         return record
 
     # ------------------------------------------------------------------ logging
-    def _step_for(self, step: Any, names: list[str], what: str = "autolog.log") -> int:
+    def _step_for(self, step: int | None, names: list[str]) -> int:
+        """The step of values logged under `names` (`step`: None or an already checked step)."""
         if step is None:
             if not self._optimizer_seen and any(n in self._keys_at_step for n in names):
                 self._step += 1  # no optimizer in this run: a repeated key starts a new step
@@ -364,7 +365,7 @@ class Run:
                     self._handoff()
             self._keys_at_step.update(names)
             return self._step
-        return validate.step(step, what)
+        return step
 
     def log(self, data: Mapping[str, Any] | str, value: Any = None, *, step: int | None = None,
             prog_bar: bool = False, sync_dist: bool = False, reduce: str = "mean") -> None:
@@ -521,19 +522,26 @@ def summary_from_return(value: Any) -> dict[str, float]:
     """The numeric parts of a train function's return value, for the summary."""
     out: dict[str, float] = {}
 
-    def add(name: str, v: Any) -> None:
-        if isinstance(v, torch.Tensor) and v.numel() == 1:
+    def add(name: str, v: Any, depth: int = 0) -> None:
+        if depth > 6:  # a recursive or very deep return value: the rest is left out
+            return
+        if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.is_meta and v.layout == torch.strided \
+                and not v.is_complex():
             v = v.item()
         if isinstance(v, np.generic):
             v = v.item()
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[name] = float(v)
+            try:
+                out[name] = float(v)
+            except OverflowError:  # an int beyond float64: left out
+                pass
         elif isinstance(v, Mapping):
             for k, item in v.items():
-                add(f"{name}/{k}" if name else str(k), item)
+                key = validate.clean_text(validate.safe_str(k))
+                add(f"{name}/{key}" if name else key, item, depth + 1)
         elif isinstance(v, (list, tuple)) and len(v) <= 64:
             for i, item in enumerate(v):
-                add(f"{name or 'return'}/{i}", item)
+                add(f"{name or 'return'}/{i}", item, depth + 1)
 
     if isinstance(value, Mapping):
         add("", value)

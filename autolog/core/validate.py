@@ -180,11 +180,14 @@ def _flatten(data: Mapping[Any, Any], prefix: str, out: list[tuple[str, Any]], d
     if depth >= MAX_NESTING:
         raise ValueError(f"{what}: {prefix!r}: expected dicts nested at most {MAX_NESTING} deep")
     for key, value in data.items():
-        key = name(key, what)
+        if not (type(key) is str and key and key.isascii() and key.isprintable()):  # name()'s fast path
+            key = name(key, what)
         full = f"{prefix}/{key}" if prefix else key
         if type(value) is float:  # the common case first: typing.Mapping's isinstance costs ~1 us
             out.append((full, value))
-        elif not isinstance(value, torch.Tensor) and isinstance(value, Mapping):
+        elif isinstance(value, torch.Tensor):
+            out.append((full, _tensor(full, value, what)))
+        elif isinstance(value, Mapping):
             _flatten(value, full, out, depth + 1, what)
         else:
             out.append((full, scalar(full, value, what)))
