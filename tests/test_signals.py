@@ -109,15 +109,19 @@ TRIALS_SCRIPT = """
     SIG, TRIALS, SEED = signal.{sig}, {trials}, {seed}
     NAMES = [f"m{{j}}" for j in range(1000)]
     rng = random.Random(SEED)
+    progress = {{"done": 0, "signalled": None}}
 
     class Stop(Exception):
         pass
 
-    def on_sigterm(signum, frame):  # the user's handler: autolog ends the run first, then this
-        raise Stop
+    def on_signal(signum, frame):
+        # The user's handler: autolog ends the run first on SIGTERM; on SIGINT it hands on at once
+        # and this raises KeyboardInterrupt, as Python's own handler does.
+        if progress["signalled"] is None:
+            progress["signalled"] = progress["done"]  # log calls returned before the signal acted
+        raise KeyboardInterrupt if signum == signal.SIGINT else Stop
 
-    signal.signal(signal.SIGTERM, on_sigterm)
-    progress = {{"done": 0}}
+    signal.signal(SIG, on_signal)
 
     @autolog.track(project="trials", sinks=["local"], log_every=200, flush_secs=3600)
     def train(trial):
@@ -125,19 +129,25 @@ TRIALS_SCRIPT = """
         timer.start()  # fires at any point of the loop: mid-log, mid-staging, mid-submit
         i = 0
         while True:  # 1000 metrics a step, a hand-off of 200 steps x 1000 metrics every 200 steps
-            value = float(i)
-            autolog.log(dict.fromkeys(NAMES, value))
+            if progress["signalled"] is not None:
+                # the handler ran inside a callback whose exceptions Python ignores (a weakref
+                # callback: "Exception ignored in ..."): stop here instead
+                raise KeyboardInterrupt if SIG == signal.SIGINT else Stop
+            autolog.log(dict.fromkeys(NAMES, float(i)))
             i += 1
             progress["done"] = i
 
     for trial in range(TRIALS):
-        progress["done"] = 0
+        progress.update(done=0, signalled=None)
         try:
             train(trial)
         except (KeyboardInterrupt, Stop):
             pass
         run = autolog.list_runs(project="trials")[0]
-        print(json.dumps({{"path": run.path, "done": progress["done"]}}), flush=True)
+        # SIGINT: the run stays open until KeyboardInterrupt leaves the function, so every call
+        # that returned counts; SIGTERM: the run ends in the handler, so those before it acted
+        done = progress["done"] if SIG == signal.SIGINT else progress["signalled"]
+        print(json.dumps({{"path": run.path, "done": done}}), flush=True)
 """
 
 
