@@ -19,6 +19,16 @@ from tests.helpers import child
 
 run_module = sys.modules["autolog.core.run"]
 
+
+def _communicate(proc, timeout):
+    """The child's output; a child still running at `timeout` is killed, not left behind."""
+    try:
+        return proc.communicate(timeout=timeout)
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+
 END_SCRIPT = """
     import os, signal, sys, autolog
     from autolog.sinks import Sink
@@ -50,7 +60,7 @@ END_SCRIPT = """
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_a_signal_during_the_run_end_waits_until_the_run_is_recorded(tmp_path, sig, where):
     proc = child(END_SCRIPT.format(sig=sig, where=where), str(tmp_path))
-    out, err = proc.communicate(timeout=120)
+    out, err = _communicate(proc, 120)
     [run] = autolog.list_runs(project="end")
     assert run.status == "failed", err  # its own status: not `crashed` (run.json left `running`)
     assert run.meta["exception_message"] == "boom"
@@ -92,7 +102,7 @@ STAGE_SCRIPT = """
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_a_signal_while_a_handoff_is_staged_loses_nothing(tmp_path, sig):
     proc = child(STAGE_SCRIPT.format(sig=sig), str(tmp_path))
-    out, err = proc.communicate(timeout=120)
+    out, err = _communicate(proc, 120)
     assert "not reached" not in out
     [run] = autolog.list_runs(project="stage")
     assert run.status == "interrupted", err
@@ -157,7 +167,7 @@ def test_signals_at_random_points_of_heavy_handoffs_lose_nothing(tmp_path, sig):
     staging the signal hits, every step whose `log` call returned reads back, whole."""
     seed = int.from_bytes(os.urandom(4), "little")
     proc = child(TRIALS_SCRIPT.format(sig=sig, trials=10, seed=seed), str(tmp_path))
-    out, err = proc.communicate(timeout=600)
+    out, err = _communicate(proc, 600)
     assert proc.returncode == 0, err
     trials = [json.loads(line) for line in out.splitlines()]
     assert len(trials) == 10

@@ -126,13 +126,7 @@ class ProcessHooks:
     def _remove(self, signals: bool = True) -> None:
         if signals:
             self._remove_after_deferral = False
-            for signum, previous in list(self._previous_signals.items()):
-                try:
-                    if _getsignal(signum) is self._handler:
-                        signal.signal(signum, previous)
-                except (ValueError, OSError):
-                    pass
-            self._previous_signals.clear()
+            self._put_back(self._previous_signals)
         if self._previous_excepthook is not None:
             if sys.excepthook == self._excepthook:  # else someone wrapped ours: it stays
                 sys.excepthook = self._previous_excepthook
@@ -144,6 +138,16 @@ class ProcessHooks:
             if getattr(sys, attr, None) is replacement:
                 setattr(sys, attr, replaced)
         self._streams.clear()
+
+    def _put_back(self, handlers: dict[int, Any]) -> None:
+        """Restore each signal's handler in `handlers` where ours is still in place, and forget them."""
+        for signum, previous in handlers.items():
+            try:
+                if _getsignal(signum) is self._handler:
+                    signal.signal(signum, previous)
+            except (ValueError, OSError):
+                pass
+        handlers.clear()
 
     @property
     def installed(self) -> bool:
@@ -205,13 +209,7 @@ class ProcessHooks:
         if self._depth:
             return
         if self._temporary:
-            for signum, handler in self._temporary.items():
-                try:
-                    if _getsignal(signum) is self._handler:
-                        signal.signal(signum, handler)
-                except (ValueError, OSError):
-                    pass
-            self._temporary.clear()
+            self._put_back(self._temporary)
         if self._remove_after_deferral and not self.open_runs:
             with self._lock:
                 self._remove()
