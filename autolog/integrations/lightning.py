@@ -185,6 +185,7 @@ class AutologCallback(*_callback_bases()):  # type: ignore[misc]
         try:
             if owned:
                 finish_for_exception(run, exc)
+                _say_where(run)
             elif isinstance(exc, KeyboardInterrupt):
                 # Lightning turns Ctrl-C into sys.exit(1), which the owner would record as "failed".
                 run.finish("interrupted", exc)
@@ -309,6 +310,22 @@ class AutologCallback(*_callback_bases()):  # type: ignore[misc]
                 fresh[name] = value
         self._seen = {k: v for k, v in logged.items() if isinstance(v, torch.Tensor)}  # kept alive: no reuse
         return fresh
+
+
+def _say_where(run: Any) -> None:
+    """When the callback's own run ends (fit, or a validate/test of its own): one line on stderr
+    saying where it went, ``autolog: run '<name>' <status>: <path>``, unless the console sink is
+    on (its summary says it). Nothing on ranks other than 0, nothing when disabled."""
+    if not isinstance(run, Run) or run.is_follower or _console_is_on(run):
+        return
+    print(f"autolog: run '{run.name}' {run.status}: {run.path}", file=sys.stderr)
+
+
+def _console_is_on(run: Run) -> bool:
+    from autolog.sinks.console import ConsoleSink
+
+    return any(sink == "console" or isinstance(sink, ConsoleSink)
+               or (isinstance(sink, type) and issubclass(sink, ConsoleSink)) for sink in run.settings.sinks)
 
 
 def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
