@@ -503,3 +503,17 @@ def test_nonfinite_loss_of_a_second_optimizer_is_found(tmp_path):
                     loss.backward()
                     opt.step()
     assert read(run).meta["nonfinite"] == {"step": 2, "parameter": None, "loss": True}
+
+
+def test_no_optimizer_nonfinite_raise_comes_from_the_backward_of_the_hand_off(tmp_path):
+    gc.collect()
+    model = tiny()
+    with pytest.raises(autolog.NonFiniteError) as caught:
+        with open_run(tmp_path, log_every=2) as run:
+            autolog.watch(model, on_nan="raise")
+            for i, (x, y) in enumerate(batches(4)):
+                model.zero_grad()
+                loss = F.mse_loss(model(x), y) * (float("nan") if i == 0 else 1.0)
+                loss.backward()  # step i; the hand-off after step 1 finds step 0's NaN
+    assert caught.value.step == 0 and run.step == 2
+    assert read(run).status == "failed"

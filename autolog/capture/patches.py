@@ -21,6 +21,7 @@ from typing import Any, Callable
 import torch
 import wrapt
 
+from autolog.capture.errors import NonFiniteError
 from autolog.core.run import current
 
 # Set while a patched backward runs: `Tensor.backward` calls `torch.autograd.backward`, and a
@@ -40,50 +41,40 @@ def session() -> Any:
 
 
 # -- wrappers ------------------------------------------------------------------------------------
-def _autograd_backward_args(tensors: Any, grad_tensors: Any = None, retain_graph: Any = None,
-                            create_graph: bool = False, grad_variables: Any = None,
-                            inputs: Any = None) -> tuple[Any, Any]:
-    return tensors, grad_tensors if grad_tensors is not None else grad_variables
+def _loss_of(args: tuple, kwargs: dict) -> Any:
+    """The loss of ``torch.autograd.backward(tensors, grad_tensors=None, ...)``: its one tensor
+    (a tensor or a one-item sequence) when no gradient other than None was given, else None."""
+    tensors = args[0] if args else kwargs.get("tensors")
+    if not isinstance(tensors, torch.Tensor):
+        if not (isinstance(tensors, (list, tuple)) and len(tensors) == 1 and isinstance(tensors[0], torch.Tensor)):
+            return None
+        tensors = tensors[0]
+    grads = args[1] if len(args) > 1 else kwargs.get("grad_tensors", kwargs.get("grad_variables"))
+    if grads is not None and not (isinstance(grads, (list, tuple)) and all(g is None for g in grads)):
+        return None
+    return tensors
 
 
-def _single(value: Any) -> Any:
-    """The one tensor of `value` (a tensor or a one-item sequence), else None."""
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, (list, tuple)) and len(value) == 1 and isinstance(value[0], torch.Tensor):
-        return value[0]
-    return None
-
-
-def _call_observed(wrapped: Callable, args: tuple, kwargs: dict) -> tuple[Any, Any]:
-    """(the capture to tell, the result): calls through, marking the call as a backward."""
+def _autograd_backward(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
     capture = session()
     if capture is None or _inside.get():
-        return None, wrapped(*args, **kwargs)
-    token = _inside.set(True)
+        return wrapped(*args, **kwargs)
+    token = _inside.set(True)  # a backward called from inside this one is not a training loss
     try:
         result = wrapped(*args, **kwargs)
     finally:
         _inside.reset(token)
-    return capture, result
-
-
-def _autograd_backward(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
-    capture, result = _call_observed(wrapped, args, kwargs)
-    if capture is not None:
-        PATCHES.keep_up()
-        capture.guard.call("loss", _observe_autograd_backward, capture, args, kwargs)
+    if "loss" not in capture.guard.off:
+        try:
+            PATCHES.keep_up()
+            tensor = _loss_of(args, kwargs)
+            if tensor is not None:
+                capture.on_backward(unscaled(tensor))
+        except NonFiniteError:  # a run without optimizer: its hand-off, at this backward
+            raise
+        except Exception as exc:  # noqa: BLE001 -- instrumentation must never break training
+            capture.guard.fail("loss", exc)
     return result
-
-
-def _observe_autograd_backward(capture: Any, args: tuple, kwargs: dict) -> None:
-    tensors, grads = _autograd_backward_args(*args, **kwargs)
-    tensor = _single(tensors)
-    if tensor is None:
-        return
-    if grads is not None and not (isinstance(grads, (list, tuple)) and all(g is None for g in grads)):
-        return
-    capture.on_backward(unscaled(tensor))
 
 
 def _scaler_scale(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -103,6 +94,8 @@ def _scaler_scale(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -
 
 def unscaled(tensor: torch.Tensor) -> torch.Tensor:
     """The loss `tensor` was scaled from by GradScaler.scale, else `tensor`."""
+    if not _scaled:
+        return tensor
     entry = _scaled.get(id(tensor))
     if entry is not None and entry[0]() is tensor:
         return entry[1]
@@ -150,8 +143,8 @@ def _fsdp_clip(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> A
 
 
 def _pre_step(optimizer: Any, args: tuple, kwargs: dict) -> Any:
-    if torch.compiler.is_compiling():
-        return None
+    if torch.compiler.is_compiling():  # inside a compiled optimizer.step: run eagerly, if we can
+        return _EAGER[0](optimizer, args, kwargs) if _EAGER else None
     capture = session()
     if capture is not None:
         return capture.on_pre_step(optimizer, args, kwargs)  # new (args, kwargs) with a closure
@@ -160,10 +153,18 @@ def _pre_step(optimizer: Any, args: tuple, kwargs: dict) -> Any:
 
 def _post_step(optimizer: Any, args: tuple, kwargs: dict) -> None:
     if torch.compiler.is_compiling():
+        if _EAGER:
+            _EAGER[1](optimizer, args, kwargs)
         return
     capture = session()
     if capture is not None:
         capture.on_post_step(optimizer)  # may raise NonFiniteError at a hand-off (on_nan="raise")
+
+
+# The hooks behind `torch.compiler.disable`, made once torch.compile is in use (importing it is
+# costly: we never do). Dynamo, tracing a compiled ``optimizer.step``, meets a disabled function
+# and calls it eagerly at the graph break torch already makes there; eager steps never pay for it.
+_EAGER: list[Callable[..., Any]] = []
 
 
 # -- installing ----------------------------------------------------------------------------------
@@ -187,7 +188,6 @@ class Patches:
     def __init__(self) -> None:
         self._undo: list[Callable[[], None]] = []
         self._hooks: list[Any] = []  # the optimizer hooks' handles
-        self._hooks_eager = False
         self._fsdp = False
 
     @property
@@ -211,40 +211,24 @@ class Patches:
         if "_clip_grads_with_norm_" in vars(clip_grad):
             self._undo.append(_wrap(clip_grad, "_clip_grads_with_norm_", _clip_with_norm))
         self._fsdp = False
-        self._register_hooks(eager="torch._dynamo" in sys.modules)
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+        self._hooks = [register_optimizer_step_pre_hook(_pre_step), register_optimizer_step_post_hook(_post_step)]
+        self.keep_up()
         return True
 
     def keep_up(self) -> None:
         """At each backward (cheap when there is nothing to do): once torch.compile is in use,
-        the optimizer hooks behind `torch.compiler.disable`; once FSDP is imported, its
-        ``clip_grad_norm_`` wrapped (importing either is costly: we never do)."""
-        if not self._hooks_eager:
-            self.keep_hooks_eager()
+        the eager twins of the optimizer hooks; once FSDP is imported, its ``clip_grad_norm_``
+        wrapped (importing either is costly: we never do)."""
+        if not _EAGER and "torch._dynamo" in sys.modules:
+            _EAGER[:] = [torch.compiler.disable(_pre_step), torch.compiler.disable(_post_step)]
         if not self._fsdp and self._undo:
             fsdp = sys.modules.get("torch.distributed.fsdp.fully_sharded_data_parallel")
             cls = getattr(fsdp, "FullyShardedDataParallel", None)
             if cls is not None and "clip_grad_norm_" in vars(cls):
                 self._fsdp = True
                 self._undo.append(_wrap(cls, "clip_grad_norm_", _fsdp_clip))
-
-    def _register_hooks(self, eager: bool) -> None:
-        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
-
-        pre, post = _pre_step, _post_step
-        if eager:  # run them eagerly inside a compiled `optimizer.step` (torch graph-breaks there anyway)
-            pre, post = torch.compiler.disable(pre), torch.compiler.disable(post)
-        self._hooks = [register_optimizer_step_pre_hook(pre), register_optimizer_step_post_hook(post)]
-        self._hooks_eager = eager
-
-    def keep_hooks_eager(self) -> None:
-        """Once torch.compile is in use (importing it is costly: we never do), register the optimizer
-        hooks again behind `torch.compiler.disable`, so that a compiled ``optimizer.step`` runs them
-        instead of tracing them away. Cheap when there is nothing to do."""
-        if self._hooks_eager or not self._undo or "torch._dynamo" not in sys.modules:
-            return
-        for handle in self._hooks:
-            handle.remove()
-        self._register_hooks(eager=True)
 
     def uninstrument(self) -> bool:
         """Remove everything; False when nothing was installed."""
