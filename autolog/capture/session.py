@@ -141,7 +141,7 @@ class Capture:
     def on_clip(self, total: Any) -> None:
         """clip_grad_norm_ computed `total` (the norm before clipping): the first of a step is
         the step's ``train/grad_norm``."""
-        if not isinstance(total, torch.Tensor):
+        if not self.losses or not isinstance(total, torch.Tensor):
             return
         total = _full(total)
         if self.stepless and self.run.step > 0:  # after the backward that completed the step
