@@ -114,32 +114,38 @@ def _scaler_step(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) ->
     return out
 
 
-def _optimizer_init(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
-    out = wrapped(*args, **kwargs)
-    capture = session()
-    if capture is not None:
-        capture.stepless = False  # this run has an optimizer: its steps are the run's steps
-    return out
+def _then(feature: str, observe: Callable[[Any, Any, tuple, dict], None]) -> Callable:
+    """A wrapper that calls through, then (in a capturing run) `observe(capture, result, args,
+    kwargs)`; the observation never raises into the caller (it runs in the guard of `feature`)."""
+    def wrapper(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
+        out = wrapped(*args, **kwargs)
+        capture = session()
+        if capture is not None:
+            capture.guard.call(feature, observe, capture, out, args, kwargs)
+        return out
+
+    return wrapper
 
 
-def _clip_with_norm(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
-    """``clip_grads_with_norm_(parameters, max_norm, total_norm, foreach)``, which
+def _seen_optimizer(capture: Any, out: Any, args: tuple, kwargs: dict) -> None:
+    """After ``Optimizer.__init__``: this run has an optimizer; its steps are the run's steps."""
+    capture.stepless = False
+
+
+def _clipped(capture: Any, out: Any, args: tuple, kwargs: dict) -> None:
+    """After ``clip_grads_with_norm_(parameters, max_norm, total_norm, foreach)``, which
     ``clip_grad_norm_`` calls (looked up at call time) with the norm it returns."""
-    out = wrapped(*args, **kwargs)
-    capture = session()
-    if capture is not None:
-        total = args[2] if len(args) > 2 else kwargs.get("total_norm")
-        capture.guard.call("grad_norm", capture.on_clip, total)
-    return out
+    capture.on_clip(args[2] if len(args) > 2 else kwargs.get("total_norm"))
 
 
-def _fsdp_clip(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
-    """FSDP1's ``FullyShardedDataParallel.clip_grad_norm_``: returns the full total norm."""
-    out = wrapped(*args, **kwargs)
-    capture = session()
-    if capture is not None:
-        capture.guard.call("grad_norm", capture.on_clip, out)
-    return out
+def _fsdp_clipped(capture: Any, out: Any, args: tuple, kwargs: dict) -> None:
+    """After FSDP1's ``FullyShardedDataParallel.clip_grad_norm_``: it returns the full norm."""
+    capture.on_clip(out)
+
+
+_optimizer_init = _then("steps", _seen_optimizer)
+_clip_with_norm = _then("grad_norm", _clipped)
+_fsdp_clip = _then("grad_norm", _fsdp_clipped)
 
 
 def _pre_step(optimizer: Any, args: tuple, kwargs: dict) -> Any:
