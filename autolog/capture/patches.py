@@ -138,14 +138,15 @@ def _clipped(capture: Any, out: Any, args: tuple, kwargs: dict) -> None:
     capture.on_clip(args[2] if len(args) > 2 else kwargs.get("total_norm"))
 
 
-def _fsdp_clipped(capture: Any, out: Any, args: tuple, kwargs: dict) -> None:
-    """After FSDP1's ``FullyShardedDataParallel.clip_grad_norm_``: it returns the full norm."""
+def _returned_norm(capture: Any, out: Any, args: tuple, kwargs: dict) -> None:
+    """After a ``clip_grad_norm_`` that returns the total norm (FSDP1's; torch's own where it
+    does not call ``_clip_grads_with_norm_``)."""
     capture.on_clip(out)
 
 
 _optimizer_init = _then("steps", _seen_optimizer)
 _clip_with_norm = _then("grad_norm", _clipped)
-_fsdp_clip = _then("grad_norm", _fsdp_clipped)
+_clip_returned = _then("grad_norm", _returned_norm)
 
 
 def _pre_step(optimizer: Any, args: tuple, kwargs: dict) -> Any:
@@ -216,6 +217,12 @@ class Patches:
                       _wrap(torch.optim.Optimizer, "__init__", _optimizer_init)]
         if "_clip_grads_with_norm_" in vars(clip_grad):
             self._undo.append(_wrap(clip_grad, "_clip_grads_with_norm_", _clip_with_norm))
+        else:  # a torch whose clip_grad_norm_ clips by itself: its public names (seen when called so)
+            import torch.nn.utils as nn_utils
+
+            for owner in {id(m): m for m in (clip_grad, nn_utils)}.values():
+                if "clip_grad_norm_" in vars(owner):
+                    self._undo.append(_wrap(owner, "clip_grad_norm_", _clip_returned))
         self._fsdp = False
         from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
@@ -234,7 +241,7 @@ class Patches:
             cls = getattr(fsdp, "FullyShardedDataParallel", None)
             if cls is not None and "clip_grad_norm_" in vars(cls):
                 self._fsdp = True
-                self._undo.append(_wrap(cls, "clip_grad_norm_", _fsdp_clip))
+                self._undo.append(_wrap(cls, "clip_grad_norm_", _clip_returned))
 
     def uninstrument(self) -> bool:
         """Remove everything; False when nothing was installed."""
