@@ -77,10 +77,12 @@ def track(wrapped: Callable | None = None, *, project: str | None = None, name: 
     propagate unchanged; the run records them (``failed``, or ``interrupted`` for Ctrl-C).
 
     capture: what the run records automatically, with no logging call. None or True (the
-    default): everything -- "loss" (``train/loss`` from every scalar ``backward()``),
-    "optimizer" (``optim/lr``, momentum/betas, weight decay at every step) and "timing"
-    (``perf/step_time``, ``perf/samples_per_sec``); the run's step follows the first optimizer
-    whenever anything is captured. A name or a collection of names: those only. A mapping
+    default): everything -- "loss" (``train/loss``: the sum of the scalars ``backward()`` ran
+    on since the previous optimizer step, per optimizer; ``train/grad_norm`` from
+    ``clip_grad_norm_``), "optimizer" (``optim/lr``, momentum/betas, weight decay at every step)
+    and "timing" (``perf/step_time``, ``perf/samples_per_sec``); the run's step follows the
+    first optimizer whenever anything is captured (without any optimizer: each scalar
+    ``backward()`` is a step). A name or a collection of names: those only. A mapping
     such as ``{"timing": False}``: everything but the names mapped to False. False: nothing is
     captured, nothing is patched, and `autolog.watch` is ignored.
 

@@ -12,8 +12,12 @@ from capture_util import batches, open_run, read, series, tiny
 
 
 def _originals():
+    from torch.nn.utils import clip_grad
+
     return (torch.Tensor.__dict__["backward"], vars(torch.autograd)["backward"], GradScaler.__dict__["scale"],
-            len(optim_mod._global_optimizer_pre_hooks), len(optim_mod._global_optimizer_post_hooks))
+            len(optim_mod._global_optimizer_pre_hooks), len(optim_mod._global_optimizer_post_hooks),
+            GradScaler.__dict__["step"], vars(torch.optim.Optimizer)["__init__"],
+            vars(clip_grad).get("_clip_grads_with_norm_"), vars(clip_grad)["clip_grad_norm_"])
 
 
 def test_installed_only_while_a_run_is_open(tmp_path):
@@ -24,6 +28,8 @@ def test_installed_only_while_a_run_is_open(tmp_path):
         assert isinstance(vars(torch.autograd)["backward"], wrapt.FunctionWrapper)
         assert isinstance(GradScaler.__dict__["scale"], wrapt.FunctionWrapper)
         assert len(optim_mod._global_optimizer_post_hooks) == before[4] + 1
+        assert all(isinstance(w, wrapt.FunctionWrapper) for w in
+                   (GradScaler.__dict__["step"], vars(torch.optim.Optimizer)["__init__"]))
     assert _originals() == before
     with autolog.run(dir=str(tmp_path), mode="disabled"):
         assert _originals() == before

@@ -503,3 +503,74 @@ def test_nonfinite_loss_of_a_second_optimizer_is_found(tmp_path):
                     loss.backward()
                     opt.step()
     assert read(run).meta["nonfinite"] == {"step": 2, "parameter": None, "loss": True}
+
+
+def test_no_optimizer_nonfinite_raise_comes_from_the_backward_of_the_hand_off(tmp_path):
+    gc.collect()
+    model = tiny()
+    with pytest.raises(autolog.NonFiniteError) as caught:
+        with open_run(tmp_path, log_every=2) as run:
+            autolog.watch(model, on_nan="raise")
+            for i, (x, y) in enumerate(batches(4)):
+                model.zero_grad()
+                loss = F.mse_loss(model(x), y) * (float("nan") if i == 0 else 1.0)
+                loss.backward()  # step i; the hand-off after step 1 finds step 0's NaN
+    assert caught.value.step == 0 and run.step == 2
+    assert read(run).status == "failed"
+
+
+def test_naming_in_an_open_run_and_a_name_used_twice(tmp_path):
+    model = tiny()
+    opt_a = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt_b = torch.optim.SGD(model.parameters(), lr=0.2)
+    autolog.name_optimizer(opt_b, "same")
+    x, y = batches(1)[0]
+    with open_run(tmp_path) as run:
+        for i in range(3):
+            if i == 1:
+                autolog.name_optimizer(opt_a, "main")  # from its next step on
+            for opt in (opt_a, opt_b):
+                opt.zero_grad()
+                F.mse_loss(model(x), y).backward()
+                opt.step()
+        opt_c = autolog.name_optimizer(torch.optim.SGD(model.parameters(), lr=0.3), "same")
+        with pytest.warns(UserWarning, match="named 'same'"):
+            F.mse_loss(model(x), y).backward()
+            opt_c.step()
+    data = read(run)
+    assert sorted(series(data, "train/loss")) == [0] and sorted(series(data, "train/loss/main")) == [1, 2]
+    assert sorted(series(data, "optim/main/lr")) == [1, 2]
+    assert sorted(series(data, "train/loss/same")) == [1, 2, 3]
+    assert series(data, "optim/2/lr") == {3: 0.3}  # the second 'same' keeps its index
+
+
+def test_no_optimizer_steps_also_without_loss_capture(tmp_path):
+    gc.collect()
+    model = tiny()
+    with open_run(tmp_path, capture=["timing"]) as run:
+        for x, y in batches(3):
+            model.zero_grad()
+            F.mse_loss(model(x), y).backward()
+        assert run.step == 3
+    data = read(run)
+    assert "train/loss" not in data.metrics and sorted(series(data, "perf/step_time")) == [1, 2]
+
+
+def test_low_precision_losses_are_summed_in_float32(tmp_path):
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    parts = []
+    with open_run(tmp_path) as run:
+        for x, y in batches(8):
+            scaled = (F.mse_loss(model(x), y) / 8).bfloat16()  # a bf16 loss
+            parts.append(scaled.detach().float())
+            scaled.backward()
+        opt.step()
+    expected = parts[0]
+    for p in parts[1:]:
+        expected = expected + p  # in float32, in order
+    naive = parts[0].bfloat16()
+    for p in parts[1:]:
+        naive = naive + p.bfloat16()  # what summing in the loss's own dtype would give
+    assert float(naive) != pytest.approx(float(expected), rel=1e-6)  # bf16 sums would lose digits
+    assert series(read(run), "train/loss")[0] == pytest.approx(float(expected), rel=1e-6)

@@ -1,6 +1,7 @@
-"""Automatic capture: the loss of every ``backward()``, every optimizer step (step count,
-hyperparameters, timing), and the models given to `autolog.watch` (norms, update ratios,
-histograms, NaN/Inf alarm, graph).
+"""Automatic capture: the loss of every optimizer step (the scalars ``backward()`` ran on since
+the previous step, per optimizer), ``clip_grad_norm_``'s total norm, every optimizer step (step
+count, hyperparameters, timing; without any optimizer, every backward is a step), and the models
+given to `autolog.watch` (norms, update ratios, histograms, NaN/Inf alarm, graph).
 
 Nothing here synchronises the device between hand-offs: values stay on their device in the
 run's buffer and reach the host in the core's one copy per hand-off.

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import torch
 import wrapt
 
+from autolog.capture.errors import NonFiniteError
 from autolog.core.run import current
 
 # Set while a patched backward runs: `Tensor.backward` calls `torch.autograd.backward`, and a
@@ -40,45 +41,42 @@ def session() -> Any:
 
 
 # -- wrappers ------------------------------------------------------------------------------------
-def _autograd_backward_args(tensors: Any, grad_tensors: Any = None, retain_graph: Any = None,
-                            create_graph: bool = False, grad_variables: Any = None,
-                            inputs: Any = None) -> tuple[Any, Any]:
-    return tensors, grad_tensors if grad_tensors is not None else grad_variables
-
-
-def _single(value: Any) -> Any:
-    """The one tensor of `value` (a tensor or a one-item sequence), else None."""
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, (list, tuple)) and len(value) == 1 and isinstance(value[0], torch.Tensor):
-        return value[0]
-    return None
+def _loss_of(args: tuple, kwargs: dict) -> Any:
+    """The loss of ``torch.autograd.backward(tensors, grad_tensors=None, ...)``: its one tensor
+    (a tensor or a one-item sequence) when no gradient other than None was given, else None."""
+    tensors = args[0] if args else kwargs.get("tensors")
+    if not isinstance(tensors, torch.Tensor):
+        if not (isinstance(tensors, (list, tuple)) and len(tensors) == 1 and isinstance(tensors[0], torch.Tensor)):
+            return None
+        tensors = tensors[0]
+    grads = args[1] if len(args) > 1 else kwargs.get("grad_tensors", kwargs.get("grad_variables"))
+    if grads is not None and not (isinstance(grads, (list, tuple)) and all(g is None for g in grads)):
+        return None
+    return tensors
 
 
 def _autograd_backward(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
     # One frame of autolog in the traceback of an exception raised in a backward (the README's
-    # "Fidelity"): the call through is inlined here, not in a helper.
+    # "Fidelity"): the call through and the observation are inlined here, not in helpers.
     capture = session()
     if capture is None or _inside.get():
         return wrapped(*args, **kwargs)
-    token = _inside.set(True)  # marks the call as a backward: a nested one is not a loss
+    token = _inside.set(True)  # a backward called from inside this one is not a training loss
     try:
         result = wrapped(*args, **kwargs)
     finally:
         _inside.reset(token)
-    PATCHES.keep_up()
-    capture.guard.call("loss", _observe_autograd_backward, capture, args, kwargs)
+    if "loss" not in capture.guard.off:
+        try:
+            PATCHES.keep_up()
+            tensor = _loss_of(args, kwargs)
+            if tensor is not None:
+                capture.on_backward(unscaled(tensor))
+        except NonFiniteError:  # a run without optimizer: its hand-off, at this backward
+            raise
+        except Exception as exc:  # noqa: BLE001 -- instrumentation must never break training
+            capture.guard.fail("loss", exc)
     return result
-
-
-def _observe_autograd_backward(capture: Any, args: tuple, kwargs: dict) -> None:
-    tensors, grads = _autograd_backward_args(*args, **kwargs)
-    tensor = _single(tensors)
-    if tensor is None:
-        return
-    if grads is not None and not (isinstance(grads, (list, tuple)) and all(g is None for g in grads)):
-        return
-    capture.on_backward(unscaled(tensor))
 
 
 def _scaler_scale(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
@@ -98,6 +96,8 @@ def _scaler_scale(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -
 
 def unscaled(tensor: torch.Tensor) -> torch.Tensor:
     """The loss `tensor` was scaled from by GradScaler.scale, else `tensor`."""
+    if not _scaled:
+        return tensor
     entry = _scaled.get(id(tensor))
     if entry is not None and entry[0]() is tensor:
         return entry[1]
@@ -116,37 +116,44 @@ def _scaler_step(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) ->
     return out
 
 
-def _optimizer_init(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
-    out = wrapped(*args, **kwargs)
-    capture = session()
-    if capture is not None:
-        capture.stepless = False  # this run has an optimizer: its steps are the run's steps
-    return out
+def _then(feature: str, observe: Callable[[Any, Any, tuple, dict], None]) -> Callable:
+    """A wrapper that calls through, then (in a capturing run) `observe(capture, result, args,
+    kwargs)`; the observation never raises into the caller (it runs in the guard of `feature`)."""
+    def wrapper(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
+        out = wrapped(*args, **kwargs)
+        capture = session()
+        if capture is not None:
+            capture.guard.call(feature, observe, capture, out, args, kwargs)
+        return out
+
+    return wrapper
 
 
-def _clip_with_norm(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
-    """``clip_grads_with_norm_(parameters, max_norm, total_norm, foreach)``, which
+def _seen_optimizer(capture: Any, out: Any, args: tuple, kwargs: dict) -> None:
+    """After ``Optimizer.__init__``: this run has an optimizer; its steps are the run's steps."""
+    capture.stepless = False
+
+
+def _clipped(capture: Any, out: Any, args: tuple, kwargs: dict) -> None:
+    """After ``clip_grads_with_norm_(parameters, max_norm, total_norm, foreach)``, which
     ``clip_grad_norm_`` calls (looked up at call time) with the norm it returns."""
-    out = wrapped(*args, **kwargs)
-    capture = session()
-    if capture is not None:
-        total = args[2] if len(args) > 2 else kwargs.get("total_norm")
-        capture.guard.call("grad_norm", capture.on_clip, total)
-    return out
+    capture.on_clip(args[2] if len(args) > 2 else kwargs.get("total_norm"))
 
 
-def _fsdp_clip(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
-    """FSDP1's ``FullyShardedDataParallel.clip_grad_norm_``: returns the full total norm."""
-    out = wrapped(*args, **kwargs)
-    capture = session()
-    if capture is not None:
-        capture.guard.call("grad_norm", capture.on_clip, out)
-    return out
+def _returned_norm(capture: Any, out: Any, args: tuple, kwargs: dict) -> None:
+    """After a ``clip_grad_norm_`` that returns the total norm (FSDP1's; torch's own where it
+    does not call ``_clip_grads_with_norm_``)."""
+    capture.on_clip(out)
+
+
+_optimizer_init = _then("steps", _seen_optimizer)
+_clip_with_norm = _then("grad_norm", _clipped)
+_clip_returned = _then("grad_norm", _returned_norm)
 
 
 def _pre_step(optimizer: Any, args: tuple, kwargs: dict) -> Any:
-    if torch.compiler.is_compiling():
-        return None
+    if torch.compiler.is_compiling():  # inside a compiled optimizer.step: run eagerly, if we can
+        return _EAGER[0](optimizer, args, kwargs) if _EAGER else None
     capture = session()
     if capture is not None:
         return capture.on_pre_step(optimizer, args, kwargs)  # new (args, kwargs) with a closure
@@ -155,10 +162,18 @@ def _pre_step(optimizer: Any, args: tuple, kwargs: dict) -> Any:
 
 def _post_step(optimizer: Any, args: tuple, kwargs: dict) -> None:
     if torch.compiler.is_compiling():
+        if _EAGER:
+            _EAGER[1](optimizer, args, kwargs)
         return
     capture = session()
     if capture is not None:
         capture.on_post_step(optimizer)  # may raise NonFiniteError at a hand-off (on_nan="raise")
+
+
+# The hooks behind `torch.compiler.disable`, made once torch.compile is in use (importing it is
+# costly: we never do). Dynamo, tracing a compiled ``optimizer.step``, meets a disabled function
+# and calls it eagerly at the graph break torch already makes there; eager steps never pay for it.
+_EAGER: list[Callable[..., Any]] = []
 
 
 # -- installing ----------------------------------------------------------------------------------
@@ -182,7 +197,6 @@ class Patches:
     def __init__(self) -> None:
         self._undo: list[Callable[[], None]] = []
         self._hooks: list[Any] = []  # the optimizer hooks' handles
-        self._hooks_eager = False
         self._fsdp = False
 
     @property
@@ -205,41 +219,31 @@ class Patches:
                       _wrap(torch.optim.Optimizer, "__init__", _optimizer_init)]
         if "_clip_grads_with_norm_" in vars(clip_grad):
             self._undo.append(_wrap(clip_grad, "_clip_grads_with_norm_", _clip_with_norm))
+        else:  # a torch whose clip_grad_norm_ clips by itself: its public names (seen when called so)
+            import torch.nn.utils as nn_utils
+
+            for owner in {id(m): m for m in (clip_grad, nn_utils)}.values():
+                if "clip_grad_norm_" in vars(owner):
+                    self._undo.append(_wrap(owner, "clip_grad_norm_", _clip_returned))
         self._fsdp = False
-        self._register_hooks(eager="torch._dynamo" in sys.modules)
+        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+        self._hooks = [register_optimizer_step_pre_hook(_pre_step), register_optimizer_step_post_hook(_post_step)]
+        self.keep_up()
         return True
 
     def keep_up(self) -> None:
         """At each backward (cheap when there is nothing to do): once torch.compile is in use,
-        the optimizer hooks behind `torch.compiler.disable`; once FSDP is imported, its
-        ``clip_grad_norm_`` wrapped (importing either is costly: we never do)."""
-        if not self._hooks_eager:
-            self.keep_hooks_eager()
+        the eager twins of the optimizer hooks; once FSDP is imported, its ``clip_grad_norm_``
+        wrapped (importing either is costly: we never do)."""
+        if not _EAGER and "torch._dynamo" in sys.modules:
+            _EAGER[:] = [torch.compiler.disable(_pre_step), torch.compiler.disable(_post_step)]
         if not self._fsdp and self._undo:
             fsdp = sys.modules.get("torch.distributed.fsdp.fully_sharded_data_parallel")
             cls = getattr(fsdp, "FullyShardedDataParallel", None)
             if cls is not None and "clip_grad_norm_" in vars(cls):
                 self._fsdp = True
-                self._undo.append(_wrap(cls, "clip_grad_norm_", _fsdp_clip))
-
-    def _register_hooks(self, eager: bool) -> None:
-        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
-
-        pre, post = _pre_step, _post_step
-        if eager:  # run them eagerly inside a compiled `optimizer.step` (torch graph-breaks there anyway)
-            pre, post = torch.compiler.disable(pre), torch.compiler.disable(post)
-        self._hooks = [register_optimizer_step_pre_hook(pre), register_optimizer_step_post_hook(post)]
-        self._hooks_eager = eager
-
-    def keep_hooks_eager(self) -> None:
-        """Once torch.compile is in use (importing it is costly: we never do), register the optimizer
-        hooks again behind `torch.compiler.disable`, so that a compiled ``optimizer.step`` runs them
-        instead of tracing them away. Cheap when there is nothing to do."""
-        if self._hooks_eager or not self._undo or "torch._dynamo" not in sys.modules:
-            return
-        for handle in self._hooks:
-            handle.remove()
-        self._register_hooks(eager=True)
+                self._undo.append(_wrap(cls, "clip_grad_norm_", _clip_returned))
 
     def uninstrument(self) -> bool:
         """Remove everything; False when nothing was installed."""

@@ -85,6 +85,8 @@ class Capture:
         self.run = run
         self.names = names
         self.losses = "loss" in names
+        self.hparams = "optimizer" in names
+        self.timing = "timing" in names
         self.guard = Guard(run.meta)
         self.objective = Objective()  # backward calls since the previous optimizer step
         self.clip_norm: Any = None  # the first clip_grad_norm_ total norm since then
@@ -139,7 +141,7 @@ class Capture:
     def on_clip(self, total: Any) -> None:
         """clip_grad_norm_ computed `total` (the norm before clipping): the first of a step is
         the step's ``train/grad_norm``."""
-        if not isinstance(total, torch.Tensor):
+        if not self.losses or not isinstance(total, torch.Tensor):
             return
         total = _full(total)
         if self.stepless and self.run.step > 0:  # after the backward that completed the step
@@ -225,12 +227,12 @@ class Capture:
             value = closure.result()
             if value is not None:
                 self.objective.add(value)
-        if self.losses and self.objective:
+        if self.objective.sum is not None and self.losses:
             self.guard.call("loss", self._record_loss, state.loss_name, step, wall)
         if self.clip_norm is not None:
             norm, self.clip_norm = self.clip_norm, None
             self.guard.call("grad_norm", self._record, state.grad_norm_name, step, norm, wall)
-        if "optimizer" in self.names and state.hparam_step != step:
+        if self.hparams and state.hparam_step != step:
             state.hparam_step = step
             self.guard.call("optimizer", self._record_hparams, state, optimizer, step, wall)
         if self.watched and not self.follower:
@@ -241,7 +243,7 @@ class Capture:
 
     def _complete(self, source: Any, step: int, wall: float) -> None:
         """Step `step` is complete: its timing, then the run's step advances."""
-        if "timing" in self.names:
+        if self.timing:
             self.guard.call("timing", self._tick, source, step, wall)
         for watched in self.watched.values():
             watched.counter.samples = 0
