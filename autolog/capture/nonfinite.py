@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import math
 import threading
-import warnings
-import time
 from typing import Any
 
 import torch
