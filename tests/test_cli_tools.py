@@ -185,7 +185,7 @@ def test_replay_to_csv(runs, capsys):
     _, a, _ = runs
     code, out, _ = _cli(capsys, "replay", a.path, "--to", "csv")
     assert code == 0
-    frame = pd.read_csv(os.path.join(a.path, "metrics.csv"))
+    frame = pd.read_csv(os.path.join(a.path, "metrics.csv"), float_precision="round_trip")
     assert sorted(set(frame["step"])) == list(range(6))
     for name, series in a.metrics.items():
         rows = frame[frame["name"] == name]

@@ -40,7 +40,7 @@ def _recording_sink():
 
 # sink factory, reader of (step, value) for "train/loss" (None: the sink keeps no scalars)
 def _read_csv(path):
-    df = pd.read_csv(os.path.join(path, "metrics.csv"))
+    df = pd.read_csv(os.path.join(path, "metrics.csv"), float_precision="round_trip")
     df = df[df["name"] == "train/loss"]
     return list(zip(df["step"].tolist(), df["value"].tolist()))
 

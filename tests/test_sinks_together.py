@@ -94,7 +94,7 @@ def test_wandb_agrees_with_the_local_store(all_sinks_run):
 
 def test_csv_agrees_with_the_local_store(all_sinks_run):
     run, _ = all_sinks_run
-    frame = pd.read_csv(f"{run.path}/metrics.csv")  # long format: one row per point
+    frame = pd.read_csv(f"{run.path}/metrics.csv", float_precision="round_trip")  # long format: one row per point
     assert set(frame["name"]) == set(run.metrics)
     for name, series in run.metrics.items():
         rows = frame[frame["name"] == name].sort_values("step", kind="stable")
