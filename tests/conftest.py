@@ -11,6 +11,10 @@ def _isolated_env(monkeypatch, tmp_path):
     for key in list(os.environ):
         if key.startswith("AUTOLOG_"):
             monkeypatch.delenv(key)
+    # wandb before 0.20 puts its service's address in os.environ at the first wandb.init; a child
+    # process (a README block, a signal test) inherits it, and the child's exit shuts the
+    # service down under this process's later W&B tests. Children start as on a fresh machine.
+    os.environ.pop("WANDB_SERVICE", None)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
