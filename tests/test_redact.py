@@ -135,3 +135,24 @@ def test_loose_key_names_mask_short_values_without_scrubbing_them_everywhere():
     out = r.config({"sort_key": "name", "db_pass": "abcde", "openai_key": "longer-secret"})
     assert out == {"sort_key": MASK, "db_pass": MASK, "openai_key": MASK}
     assert r.text("model name abcde longer-secret") == f"model name {MASK} {MASK}"
+
+
+def test_a_writer_error_is_scrubbed_in_meta_and_on_stderr(tmp_path, monkeypatch, capsys):
+    """A record the writer cannot store: its error text (meta['writer_errors'] and the stderr line)
+    has the run's masked literals and URL passwords scrubbed like every other message."""
+    import numpy as np
+
+    run_module = sys.modules["autolog.core.run"]
+
+    def failing(self, record):
+        raise OSError(f"cannot write with token {SECRETS['token']} to https://u:{SECRETS['url']}@nas/x")
+
+    monkeypatch.setattr(run_module.Run, "_store_media", failing)
+    with autolog.run(dir=str(tmp_path), config={"api_token": SECRETS["token"]}, log_every=100) as run:
+        autolog.log("loss", 1.0, step=0)
+        autolog.log_image("bad", np.zeros((4, 4, 3), dtype=np.uint8), step=0)
+    err = capsys.readouterr().err
+    first = autolog.read_run(run.path).meta["writer_errors"]["first_error"]
+    assert "the writer could not handle a record" in err and MASK in first and MASK in err
+    for text in (first, err):
+        assert SECRETS["token"] not in text and SECRETS["url"] not in text

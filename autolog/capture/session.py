@@ -27,6 +27,7 @@ from autolog.capture.nonfinite import NonFiniteMonitor
 from autolog.capture.optim import LOSS, OptimizerState, given_name, inner_optimizer
 from autolog.capture.safe import Guard
 from autolog.capture.timing import StepTimer
+from autolog.core.redact import scrub
 
 
 def optimizer_alive() -> bool:
@@ -70,8 +71,8 @@ class Capture:
             capture = cls(run, names)
             patches.acquire()
         except Exception as exc:  # noqa: BLE001 -- a run without capture is better than no run
-            print(f"autolog: automatic capture could not start; the run goes on without it. "
-                  f"{type(exc).__name__}: {exc}", file=sys.stderr)
+            print(scrub(f"autolog: automatic capture could not start; the run goes on without it. "
+                        f"{type(exc).__name__}: {exc}"), file=sys.stderr)
             return None
         run._capture = capture
         run._on_finish.append(capture.finish)

@@ -86,10 +86,9 @@ class Pipeline:
         tell it once."""
         self.writer_errors += 1
         if self.first_writer_error is None:
-            self.first_writer_error = f"{what}: {type(exc).__name__}: {exc}"
-            print(f"autolog: the writer could not handle a record ({what}: {type(exc).__name__}: "
-                  f"{exc}); that record is skipped, the run goes on (counted in "
-                  f"meta['writer_errors'])", file=sys.stderr)
+            self.first_writer_error = scrub(f"{what}: {type(exc).__name__}: {exc}")  # meta and stderr
+            print(f"autolog: the writer could not handle a record ({self.first_writer_error}); that "
+                  f"record is skipped, the run goes on (counted in meta['writer_errors'])", file=sys.stderr)
 
     # -- training thread ------------------------------------------------------------------------
     def submit(self, staged: Any) -> None:
