@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
 import warnings
 from typing import Any, Iterable, Mapping
 
@@ -65,16 +64,13 @@ import torch
 
 import autolog
 
-from autolog import api
 from autolog.capture.patches import session as capture_session
 from autolog.core.config import flatten
-from autolog.core.run import Run, current, finish_for_exception
-from autolog.core.settings import DEFAULT_SINKS, ENV
+from autolog.integrations import _trainer as trainer_mod
 
 __all__ = ["AutologCallback"]
 
 _STAGES = ("fit", "validate", "test")
-_WATCH = ("gradients", "parameters", "all", None)
 
 
 def _callback_bases() -> tuple[type, ...]:
@@ -111,12 +107,8 @@ class AutologCallback(*_callback_bases()):  # type: ignore[misc]
                  redact: Iterable[Any] | None = None, mode: str | None = None,
                  watch: str | None = "gradients", watch_options: Mapping[str, Any] | None = None,
                  **run_options: Any) -> None:
-        if watch not in _WATCH:
-            raise ValueError(f"AutologCallback: watch: expected one of {_WATCH}, got {watch!r}")
-        if watch_options is not None and not isinstance(watch_options, Mapping):
-            raise TypeError(f"AutologCallback: watch_options: expected a dict, got {type(watch_options).__name__}")
-        self.run_options: dict[str, Any] = dict(
-            project=project, name=name, dir=None if dir is None else os.fspath(dir), sinks=sinks,
+        self.run_options: dict[str, Any] = trainer_mod.run_options(
+            "AutologCallback", watch, watch_options, project=project, name=name, dir=dir, sinks=sinks,
             log_every=log_every, config=config, tags=tags, capture=capture, redact=redact, mode=mode,
             **run_options)
         self.watch = watch
@@ -132,7 +124,6 @@ class AutologCallback(*_callback_bases()):  # type: ignore[misc]
         self._batch_step: int | None = None
         self._batch_global: int | None = None
         self._tail_step: int | None = None
-        self._reported = False
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (``strategy="ddp_spawn"`` sends callbacks to its workers): the options only."""
@@ -147,20 +138,11 @@ class AutologCallback(*_callback_bases()):  # type: ignore[misc]
         if stage not in _STAGES or self._stage is not None:
             return
         _warn_default_logger(trainer)
-        options = dict(self.run_options)
-        extra = options.pop("config")
-        if options["log_every"] is None and not os.environ.get(ENV["log_every"], "").strip():
-            every = getattr(trainer, "log_every_n_steps", 0)
-            if isinstance(every, int) and every > 0:
-                options["log_every"] = every
-        if options["sinks"] is None and not os.environ.get(ENV["sinks"], "").strip() \
-                and getattr(trainer, "progress_bar_callback", None) is not None:
-            options["sinks"] = tuple(name for name in DEFAULT_SINKS if name != "console")  # one live bar
-        outer = current()
-        api.run(config=_config(trainer, pl_module, extra), **options)  # joins `outer` when there is one
-        self.run = current()
-        self._stage, self._owned = stage, outer is None
-        self._records = isinstance(self.run, Run) and getattr(self.run, "is_follower", False) is not True
+        self.run, self._owned, self._records = trainer_mod.open_run(
+            self.run_options, _config(trainer, pl_module, self.run_options["config"]),
+            log_every=getattr(trainer, "log_every_n_steps", 0),
+            progress_bar=getattr(trainer, "progress_bar_callback", None) is not None)
+        self._stage = stage
         # autolog's capture counts the run's optimizer steps (run._capture is set by autolog.capture)
         self._counting = getattr(self.run, "_capture", None) is not None
         self._seen, self._step_names, self._offset, self._batch_step, self._tail_step = {}, set(), 0, None, None
@@ -180,17 +162,8 @@ class AutologCallback(*_callback_bases()):  # type: ignore[misc]
         """Finish the run we started (a joined run ends with its owner), with `exc`'s status."""
         if self._stage is None:
             return
-        run, owned = self.run, self._owned
         self._stage, self._records, self._seen = None, False, {}
-        try:
-            if owned:
-                finish_for_exception(run, exc)
-                _say_where(run)
-            elif isinstance(exc, KeyboardInterrupt):
-                # Lightning turns Ctrl-C into sys.exit(1), which the owner would record as "failed".
-                run.finish("interrupted", exc)
-        except Exception as err:  # noqa: BLE001 -- the user's exception (if any) must stay the story
-            print(f"autolog: AutologCallback could not end the run: {type(err).__name__}: {err}", file=sys.stderr)
+        trainer_mod.end_run("AutologCallback", self.run, self._owned, exc)
 
     # ------------------------------------------------------------------ steps
     def _now(self, trainer: Any) -> int:
@@ -291,14 +264,7 @@ class AutologCallback(*_callback_bases()):  # type: ignore[misc]
             if step is not None and (fresh or extra):
                 self.run.log({**(extra or {}), **fresh}, step=step)
         except Exception as exc:  # noqa: BLE001 -- never break the user's training
-            if not self._reported:
-                self._reported = True
-                detail = f"{type(exc).__name__}: {exc}"
-                meta = getattr(self.run, "meta", None)
-                if isinstance(meta, dict):
-                    meta.setdefault("capture_errors", {})["lightning"] = detail
-                print(f"autolog: AutologCallback could not record Lightning's metrics; training goes on. "
-                      f"{detail}", file=sys.stderr)
+            trainer_mod.report_once("AutologCallback", self.run, "lightning", exc)
 
     def _fresh(self, logged: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         fresh = {}
@@ -310,22 +276,6 @@ class AutologCallback(*_callback_bases()):  # type: ignore[misc]
                 fresh[name] = value
         self._seen = {k: v for k, v in logged.items() if isinstance(v, torch.Tensor)}  # kept alive: no reuse
         return fresh
-
-
-def _say_where(run: Any) -> None:
-    """When the callback's own run ends (fit, or a validate/test of its own): one line on stderr
-    saying where it went, ``autolog: run '<name>' <status>: <path>``, unless the console sink is
-    on (its summary says it). Nothing on ranks other than 0, nothing when disabled."""
-    if not isinstance(run, Run) or run.is_follower or _console_is_on(run):
-        return
-    print(f"autolog: run '{run.name}' {run.status}: {run.path}", file=sys.stderr)
-
-
-def _console_is_on(run: Run) -> bool:
-    from autolog.sinks.console import ConsoleSink
-
-    return any(sink == "console" or isinstance(sink, ConsoleSink)
-               or (isinstance(sink, type) and issubclass(sink, ConsoleSink)) for sink in run.settings.sinks)
 
 
 def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:

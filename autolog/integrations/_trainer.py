@@ -1,0 +1,91 @@
+"""What every trainer integration (Lightning, Hugging Face) shares: its options, opening the run
+when training starts (joining an open one), ending it with the status an exception means, and
+the one line that says where the run went."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Mapping
+
+from autolog import api
+from autolog.core.run import Run, current, finish_for_exception
+from autolog.core.settings import DEFAULT_SINKS, ENV
+
+WATCH = ("gradients", "parameters", "all", None)
+
+
+def run_options(owner: str, watch: str | None, watch_options: Mapping[str, Any] | None,
+                **options: Any) -> dict[str, Any]:
+    """`autolog.run`'s options of a callback, with `watch` and `watch_options` checked (a clear
+    error at the callback's construction, naming `owner`)."""
+    if watch not in WATCH:
+        raise ValueError(f"{owner}: watch: expected one of {WATCH}, got {watch!r}")
+    if watch_options is not None and not isinstance(watch_options, Mapping):
+        raise TypeError(f"{owner}: watch_options: expected a dict, got {type(watch_options).__name__}")
+    if options.get("dir") is not None:
+        options["dir"] = os.fspath(options["dir"])
+    return options
+
+
+def open_run(options: Mapping[str, Any], config: Mapping[str, Any], log_every: Any = None,
+             progress_bar: bool = False) -> tuple[Any, bool, bool]:
+    """Open the run for a trainer's stage (or join the open one): ``(run, owned, records)``.
+
+    log_every: the trainer's own logging interval, used when neither the option nor
+    ``$AUTOLOG_LOG_EVERY`` says. progress_bar: the trainer shows one, so the console sink is left
+    out of the default sinks (one live bar). records: this process writes the run (rank 0, not
+    disabled)."""
+    options = dict(options)
+    options.pop("config", None)
+    if options.get("log_every") is None and not os.environ.get(ENV["log_every"], "").strip() \
+            and isinstance(log_every, int) and not isinstance(log_every, bool) and log_every > 0:
+        options["log_every"] = log_every
+    if options.get("sinks") is None and not os.environ.get(ENV["sinks"], "").strip() and progress_bar:
+        options["sinks"] = tuple(name for name in DEFAULT_SINKS if name != "console")
+    outer = current()
+    api.run(config=config, **options)  # joins `outer` when there is one
+    run = current()
+    records = isinstance(run, Run) and getattr(run, "is_follower", False) is not True
+    return run, outer is None, records
+
+
+def end_run(owner: str, run: Any, owned: bool, exc: BaseException | None) -> None:
+    """Finish the run a callback started (a joined run ends with its owner), with `exc`'s status;
+    a Ctrl-C ends even a joined run ``interrupted`` (trainers turn it into an exit the owner would
+    record as failed). Never raises: the user's exception (if any) must stay the story."""
+    try:
+        if owned:
+            finish_for_exception(run, exc)
+            say_where(run)
+        elif isinstance(exc, KeyboardInterrupt):
+            run.finish("interrupted", exc)
+    except Exception as err:  # noqa: BLE001
+        print(f"autolog: {owner} could not end the run: {type(err).__name__}: {err}", file=sys.stderr)
+
+
+def say_where(run: Any) -> None:
+    """When a callback's own run ends: one line on stderr saying where it went,
+    ``autolog: run '<name>' <status>: <path>``, unless the console sink is on (its summary says
+    it). Nothing on ranks other than 0, nothing when disabled."""
+    if not isinstance(run, Run) or run.is_follower or _console_is_on(run):
+        return
+    print(f"autolog: run '{run.name}' {run.status}: {run.path}", file=sys.stderr)
+
+
+def _console_is_on(run: Run) -> bool:
+    from autolog.sinks.console import ConsoleSink
+
+    return any(sink == "console" or isinstance(sink, ConsoleSink)
+               or (isinstance(sink, type) and issubclass(sink, ConsoleSink)) for sink in run.settings.sinks)
+
+
+def report_once(owner: str, run: Any, what: str, exc: BaseException) -> None:
+    """A callback's own failure (never the user's): recorded in ``meta["capture_errors"][what]``
+    and told on stderr, once per run; training goes on."""
+    meta = getattr(run, "meta", None)
+    errors = meta.setdefault("capture_errors", {}) if isinstance(meta, dict) else {}
+    if what in errors:
+        return
+    detail = f"{type(exc).__name__}: {exc}"
+    errors[what] = detail
+    print(f"autolog: {owner} could not record {what}'s metrics; training goes on. {detail}", file=sys.stderr)
