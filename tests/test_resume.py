@@ -35,7 +35,7 @@ def _train(run_options: dict, start: int = 0, stop: int = STEPS, state: dict | N
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
-    with autolog.run(project="resume", sinks=["local"], log_every=3, **run_options) as run:
+    with autolog.run(**{"project": "resume", "sinks": ["local"], "log_every": 3, **run_options}) as run:
         for step in range(start, stop):
             if step == fail_at:
                 raise RuntimeError(f"failed at {step}")
@@ -221,3 +221,43 @@ def test_disabled_mode_ignores_resume(tmp_path):
     with autolog.run(dir=tmp_path, resume="anything", mode="disabled") as run:
         assert run.status == "disabled"
     assert not os.path.exists(tmp_path / "resume")
+
+
+def test_sinks_of_a_resumed_run_line_up_tensorboard_purges_csv_rewinds_wandb_resumes(tmp_path, monkeypatch):
+    for var, value in (("WANDB_MODE", "offline"), ("WANDB_SILENT", "true"), ("WANDB_DIR", str(tmp_path)),
+                       ("WANDB_CACHE_DIR", str(tmp_path)), ("WANDB_CONFIG_DIR", str(tmp_path))):
+        monkeypatch.setenv(var, value)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    sinks = ["local", "tensorboard", "csv", "wandb"]
+    checkpoint: dict = {}
+    with pytest.raises(RuntimeError):
+        _train({"dir": tmp_path / "runs", "sinks": sinks}, fail_at=9, checkpoint_at=6, saved=checkpoint)
+    run = _train({"dir": tmp_path / "runs", "sinks": sinks, "resume": "last", "resume_step": 6},
+                 start=6, state=checkpoint)
+    stored = autolog.read_run(run.path).metrics["train/loss"]
+    assert [s for s, _ in stored] == list(range(STEPS))
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(os.path.join(run.path, "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()  # two event files: the second one's purge drops the first one's steps >= 6
+    assert len(os.listdir(os.path.join(run.path, "tensorboard"))) == 2
+    events = acc.Scalars("train/loss")
+    assert [e.step for e in events] == list(range(STEPS))
+    assert [e.value for e in events] == pytest.approx([v for _, v in stored], rel=1e-6)
+
+    import pandas as pd
+
+    frame = pd.read_csv(os.path.join(run.path, "metrics.csv"))
+    loss = frame[frame["name"] == "train/loss"]
+    assert list(zip(loss["step"], loss["value"])) == stored  # rows past the checkpoint dropped
+
+    from autolog.sinks.wandb import wandb_run_id
+    from autolog.sinks.wandb_records import read_wandb_run
+
+    offline = sorted(d for d in os.listdir(os.path.join(run.path, "wandb")) if d.startswith("offline-run-"))
+    assert len(offline) == 2  # one per attempt, one W&B run id: `wandb sync` continues the same run
+    records = [read_wandb_run(os.path.join(run.path, "wandb", d)) for d in offline]
+    assert {r.run_id for r in records} == {wandb_run_id(run.id)}
+    second = [(row["_step"], row["train/loss"]) for row in records[1].history if "train/loss" in row]
+    assert second == stored[6:]
