@@ -3,6 +3,7 @@ when training starts (joining an open one), ending it with the status an excepti
 the one line that says where the run went."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import Any, Mapping
@@ -28,8 +29,10 @@ def run_options(owner: str, watch: str | None, watch_options: Mapping[str, Any] 
 
 
 def open_run(options: Mapping[str, Any], config: Mapping[str, Any], log_every: Any = None,
-             progress_bar: bool = False) -> tuple[Any, bool, bool]:
+             progress_bar: bool = False, fallback: bool = False) -> tuple[Any, bool, bool]:
     """Open the run for a trainer's stage (or join the open one): ``(run, owned, records)``.
+    fallback: when the run to resume (found in a checkpoint's marker) cannot be continued, say
+    so and start a new one.
 
     log_every: the trainer's own logging interval, used when neither the option nor
     ``$AUTOLOG_LOG_EVERY`` says. progress_bar: the trainer shows one, so the console sink is left
@@ -43,7 +46,14 @@ def open_run(options: Mapping[str, Any], config: Mapping[str, Any], log_every: A
     if options.get("sinks") is None and not os.environ.get(ENV["sinks"], "").strip() and progress_bar:
         options["sinks"] = tuple(name for name in DEFAULT_SINKS if name != "console")
     outer = current()
-    api.run(config=config, **options)  # joins `outer` when there is one
+    try:
+        api.run(config=config, **options)  # joins `outer` when there is one
+    except (ValueError, RuntimeError, OSError) as exc:
+        if not fallback or options.get("resume") is None:
+            raise
+        print(f"autolog: could not continue run {options['resume']} ({exc}); a new run starts", file=sys.stderr)
+        options.update(resume=None, resume_step=None)
+        api.run(config=config, **options)
     run = current()
     records = isinstance(run, Run) and getattr(run, "is_follower", False) is not True
     return run, outer is None, records
@@ -89,3 +99,34 @@ def report_once(owner: str, run: Any, what: str, exc: BaseException) -> None:
     detail = f"{type(exc).__name__}: {exc}"
     errors[what] = detail
     print(f"autolog: {owner} could not record {what}'s metrics; training goes on. {detail}", file=sys.stderr)
+
+
+MARKER = "autolog.json"  # written next to a trainer's checkpoint: the run it belongs to
+
+
+def write_marker(folder: str, run: Any, step: int) -> None:
+    """``<folder>/autolog.json``: the run (id, project, directory) and the trainer's step of the
+    checkpoint in `folder`, so a trainer resuming from it continues the run at that step."""
+    data = {"format": 1, "run_id": run.id, "project": run.project, "run_path": os.path.abspath(run.path),
+            "step": int(step)}
+    tmp = os.path.join(folder, f".{MARKER}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=1)
+    os.replace(tmp, os.path.join(folder, MARKER))
+
+
+def read_marker(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
+    """The marker of a checkpoint (a directory holding ``autolog.json``, or a checkpoint file
+    ``<file>`` with ``<file>.autolog.json`` beside it), or None when there is none or it is not
+    autolog's."""
+    path = os.fspath(checkpoint)
+    candidates = [os.path.join(path, MARKER)] if os.path.isdir(path) else [f"{path}.{MARKER}"]
+    for candidate in candidates:
+        try:
+            with open(candidate, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("run_path"), str) and type(data.get("step")) is int:
+            return data
+    return None

@@ -29,6 +29,14 @@ calling ``trainer.train()`` -- the callback joins that run):
   ``finished`` at ``on_train_end``, or, when it raised, when the process exits.
 - under ``torchrun`` / ``accelerate launch`` one run per job: rank 0 writes it, the other ranks'
   runs write nothing (autolog's distributed rule).
+- resuming: at every checkpoint the Trainer saves, the callback first makes sure the run's log
+  holds everything recorded so far, then writes ``autolog.json`` into the checkpoint folder
+  (``{"run_id", "project", "run_path", "step"}``). ``train(resume_from_checkpoint=...)`` (a path,
+  or True) from such a checkpoint continues that run -- ``resume=<run_path>``,
+  ``resume_step=<global_step>``: same id, the earlier attempt's points at steps >= the
+  checkpoint's superseded -- and records again what the Trainer logged at the checkpoint's step
+  (from the checkpoint's log history). A checkpoint without the file starts a new run (so does one
+  whose run is gone, with a note on stderr); ``resume=`` given to the callback wins.
 
 Pass ``report_to="none"`` so that the Trainer does not also start the W&B/TensorBoard loggers
 it finds installed; autolog's sinks (``sinks=["local", "tensorboard", "wandb"]``) write those.
@@ -39,16 +47,20 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
 from typing import Any, Iterable, Mapping
 
 import autolog
 
 from autolog.core.config import flatten
+from autolog.core.run import current
 from autolog.integrations import _trainer as trainer_mod
+from autolog.integrations._trainer import read_marker, write_marker
 
 try:
     from transformers import TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 except ImportError as exc:  # pragma: no cover -- the extra is not installed
     raise ImportError("autolog.integrations.transformers needs Hugging Face Transformers: "
                       "pip install 'autolog[transformers]'") from exc
@@ -109,14 +121,38 @@ class AutologCallback(TrainerCallback):
             config = flatten(self.run_options["config"]) if self.run_options["config"] is not None else {}
             print(f"autolog: {_OWNER} could not read the Trainer's config: {type(exc).__name__}: {exc}",
                   file=sys.stderr)
+        options = dict(self.run_options)
+        marker = _resumed_from(args)
+        if marker is not None and options.get("resume") is None and current() is None:
+            options.update(resume=marker["run_path"], resume_step=state.global_step)
         self.run, self._owned, self._records = trainer_mod.open_run(
-            self.run_options, config, log_every=_log_every(args, state),
-            progress_bar=not getattr(args, "disable_tqdm", True))
+            options, config, log_every=_log_every(args, state),
+            progress_bar=not getattr(args, "disable_tqdm", True), fallback=marker is not None)
         self._open = True
         self._last = {}
         self._offset = self.run.step - state.global_step if self._records else 0
         if self.watch is not None and model is not None:
             autolog.watch(model, log=self.watch, **self.watch_options)
+        if marker is not None and getattr(self.run, "resumed", False):
+            # What the Trainer logged at the checkpoint's step is superseded with the rest of the
+            # earlier attempt's steps >= it; the checkpoint's own log history has it: again.
+            for entry in getattr(state, "log_history", None) or []:
+                if isinstance(entry, dict) and entry.get("step") == state.global_step:
+                    self.on_log(args, state, control, logs={k: v for k, v in entry.items() if k != "step"})
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """The checkpoint the Trainer just wrote gets ``autolog.json`` (this run and the step), so
+        that ``train(resume_from_checkpoint=...)`` continues this run; and everything recorded so
+        far is in the run's log first, so a kill after the checkpoint loses nothing before it."""
+        if not self._records:
+            return
+        try:
+            self.run.flush(wait="log")
+            folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            if os.path.isdir(folder):
+                write_marker(folder, self.run, state.global_step)
+        except Exception as exc:  # noqa: BLE001 -- a checkpoint must never fail because of autolog
+            trainer_mod.report_once(_OWNER, self.run, "checkpoint", exc)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Mapping[str, Any] | None = None,
                **kwargs: Any) -> None:
@@ -188,6 +224,21 @@ def _wrap_train(trainer: Any, callback: AutologCallback) -> None:
 
     train.__autolog_callback__ = callback  # type: ignore[attr-defined]
     trainer.train = train
+
+
+def _resumed_from(args: Any) -> dict[str, Any] | None:
+    """autolog's marker in the checkpoint the running ``train()`` resumes from, or None. The
+    checkpoint is read from the Trainer's own frame (``resume_from_checkpoint`` of
+    ``_inner_training_loop``, already resolved from True to the last checkpoint's path)."""
+    frame = sys._getframe(1)
+    for _ in range(_FRAMES + 4):
+        if frame is None:
+            return None
+        if frame.f_code.co_name == "_inner_training_loop":
+            path = frame.f_locals.get("resume_from_checkpoint")
+            return read_marker(path) if isinstance(path, (str, os.PathLike)) else None
+        frame = frame.f_back
+    return None
 
 
 def _log_every(args: Any, state: Any) -> int | None:
