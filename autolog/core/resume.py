@@ -3,9 +3,12 @@
 A resumed run keeps its id and directory; the new attempt appends to the same ``events.alog``.
 ``meta["attempts"]`` has one entry per attempt: start_time, end_time, status, host, pid, the
 step it began at (``step_start``), ``resume_step`` (None: the step went on where it stopped),
-the log offset where its records begin (``log_offset``) and, once ended, its ``step``. The reader
-(`autolog.store.reader`) uses the offsets and resume steps to supersede what an earlier attempt
-stored at steps >= a later attempt's resume step.
+the log offset where its records begin (``log_offset``), for a resume from a marked checkpoint
+the log size when that checkpoint was taken (``checkpoint_offset``) and, once ended, its
+``step``. The reader (`autolog.store.reader`) uses them to supersede what earlier attempts
+stored at steps >= a later attempt's resume step (and, when the checkpoint's offset is known,
+only what they stored after the checkpoint was taken: a value at the checkpoint's step recorded
+before it, such as an evaluation, stays).
 """
 from __future__ import annotations
 
@@ -19,19 +22,39 @@ from autolog.store import format as store
 from autolog.store.reader import RunData, RunLookupError, find_run, list_runs, read_run
 
 UNFINISHED = ("crashed", "failed", "interrupted")  # what resume="last" continues
+MARKER = "autolog.json"  # what the trainer integrations write into (or beside) a checkpoint
 
 
-def target(settings: Settings) -> RunData | None:
-    """The run `settings.resume` names (None: "last" found no unfinished run of the project, so a
-    new run starts). A reference that matches no run, or several, is a ValueError."""
+def read_marker(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
+    """autolog's marker of a checkpoint -- a directory holding ``autolog.json``, or a checkpoint
+    file ``<file>`` with ``<file>.autolog.json`` beside it -- or None: ``{"run_id", "project",
+    "run_path", "step", "log_offset"}`` (the run's log size when the checkpoint was taken)."""
+    path = os.fspath(checkpoint)
+    candidate = os.path.join(path, MARKER) if os.path.isdir(path) else f"{path}.{MARKER}"
+    try:
+        data = store_files.read_json(candidate)
+    except (OSError, ValueError):
+        return None
+    if isinstance(data, dict) and isinstance(data.get("run_path"), str) and type(data.get("step")) is int:
+        return data
+    return None
+
+
+def target(settings: Settings) -> tuple[RunData | None, dict[str, Any] | None]:
+    """The run `settings.resume` names, and the checkpoint marker it was found through (RUN may be
+    a checkpoint an integration marked). (None, None): "last" found no unfinished run of the
+    project, so a new run starts. A reference that matches no run, or several, is a ValueError."""
     ref = settings.resume
     if ref == "last":
         for run in list_runs(settings.dir, settings.project):
             if run.status in UNFINISHED:
-                return run
-        return None
+                return run, None
+        return None, None
+    marker = read_marker(ref) if not os.path.isfile(os.path.join(ref, store_files.RUN_FILE)) else None
+    if marker is not None:
+        ref = marker["run_path"]
     try:
-        return find_run(ref, settings.dir)
+        return find_run(ref, settings.dir), marker
     except RunLookupError as exc:
         raise ValueError(f"resume: {exc}") from None
 
@@ -47,7 +70,7 @@ def take_lock(run: RunData) -> int:
 
 
 def attempts(run: RunData, new_meta: dict[str, Any], step_start: int, resume_step: int | None,
-             log_offset: int) -> list[dict[str, Any]]:
+             log_offset: int, checkpoint_offset: int | None = None) -> list[dict[str, Any]]:
     """The earlier attempts of `run` (the last one closed: its status as read, its end and step
     from the log when it crashed) followed by the new attempt's entry."""
     earlier = [dict(a) for a in run.meta.get("attempts", []) if isinstance(a, dict)]
@@ -69,6 +92,8 @@ def attempts(run: RunData, new_meta: dict[str, Any], step_start: int, resume_ste
     entry = {"start_time": new_meta.get("start_time"), "start_timestamp": new_meta.get("start_timestamp"),
              "host": new_meta.get("host"), "pid": new_meta.get("pid"), "status": "running",
              "step_start": step_start, "resume_step": resume_step, "log_offset": log_offset}
+    if checkpoint_offset is not None:
+        entry["checkpoint_offset"] = checkpoint_offset
     return earlier + [entry]
 
 

@@ -92,6 +92,7 @@ class Run:
         meta.update(self.dist.meta())
         self.meta = self._redactor.deep(meta)
         self.resumed = False  # True when this run continues a stored one (resume=)
+        self._resume_step: int | None = None
         if self.is_follower:
             identity = self.coordinator.share_identity(None) if self.coordinator else None
             identity = identity or {"id": None, "path": None, "name": s.name}
@@ -104,7 +105,7 @@ class Run:
             # "local" is the run's log itself, written for every run whatever `sinks=` says
             local = [x for x in sinks if isinstance(x, LocalSink)]
             sinks = [x for x in sinks if not isinstance(x, LocalSink)]
-            previous = resume_mod.target(s) if s.resume is not None else None
+            previous, marker = resume_mod.target(s) if s.resume is not None else (None, None)
             if previous is None:
                 parent = os.path.join(s.dir, self.project)
                 self.id, self.path = store_files.new_run_dir(parent)
@@ -112,13 +113,13 @@ class Run:
                 self._lock_fd = store_files.hold_lock(self.path)
             else:
                 self._lock_fd = resume_mod.take_lock(previous)
-                self._continue(resume_mod.reread(previous))
+                self._continue(resume_mod.reread(previous), marker)
             self.files = store_files.RunFiles(self.path)
             self._write_record()
             info = RunInfo(id=self.id, name=self.name, project=self.project, path=self.path,
                            config=dict(self.config), meta=dict(self.meta), tags=self.tags,
                            mode=None if s.mode == "online" else s.mode, resumed=self.resumed,
-                           resume_step=s.resume_step if self.resumed else None)
+                           resume_step=self._resume_step)
             self.pipeline = Pipeline(sinks, info, prepare=self._prepare,
                                      fsync_secs=local[0].fsync_secs if local else 1.0,
                                      max_pending_mb=s.max_pending_mb)
@@ -137,25 +138,30 @@ class Run:
             self.meta["capture_error"] = self._redactor.text(f"{type(exc).__name__}: {validate.safe_str(exc)}")
             print(f"autolog: automatic capture is off for this run: {self.meta['capture_error']}", file=sys.stderr)
 
-    def _continue(self, previous: Any) -> None:
+    def _continue(self, previous: Any, marker: dict[str, Any] | None = None) -> None:
         """Become the stored run `previous` (resume=): its id, directory, project, name, tags and
         config (this call's config merged over it), its summary as the base of this one's, the
-        step it resumes at, and ``meta["attempts"]`` with this attempt appended."""
+        step it resumes at (``resume_step``, else the marked checkpoint's), and
+        ``meta["attempts"]`` with this attempt appended."""
         s = self.settings
         self.resumed = True
+        ours = marker is not None and marker.get("run_id") == previous.id
+        self._resume_step = s.resume_step if s.resume_step is not None else (marker["step"] if ours else None)
+        checkpoint_offset = marker.get("log_offset") if ours else None
         self.id, self.path, self.project = previous.id, previous.path, previous.project
         self.name = s.name or previous.name
         self.tags = tuple(dict.fromkeys((*previous.tags, *self.tags)))
         self.config = {**previous.config, **self.config}
         self._last_values = {k: v for k, v in previous._stored_summary.items() if isinstance(v, (int, float))}
-        self._step = s.resume_step if s.resume_step is not None else resume_mod.end_step(previous)
+        self._step = self._resume_step if self._resume_step is not None else resume_mod.end_step(previous)
         first = (previous.meta.get("attempts") or [previous.meta])[0]
         for key in ("start_time", "start_timestamp"):  # the run began with its first attempt
             if isinstance(first, dict) and key in first:
                 self.meta[key] = first[key]
         self.meta["attempts"] = resume_mod.attempts(previous, {**self.meta, "start_time": meta_mod.iso(self.start_time),
                                                                "start_timestamp": self.start_time},
-                                                    self._step, s.resume_step, resume_mod.log_offset(self.path))
+                                                    self._step, self._resume_step, resume_mod.log_offset(self.path),
+                                                    checkpoint_offset if type(checkpoint_offset) is int else None)
 
     def _record(self) -> dict[str, Any]:
         return {"format": store.FORMAT_VERSION, "id": self.id, "name": self.name, "project": self.project,

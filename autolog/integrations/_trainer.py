@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 from autolog import api
 from autolog.core.run import Run, current, finish_for_exception
+from autolog.core.resume import MARKER, read_marker  # noqa: F401 -- the integrations' names for them
 from autolog.core.settings import DEFAULT_SINKS, ENV
 
 WATCH = ("gradients", "parameters", "all", None)
@@ -89,44 +90,29 @@ def _console_is_on(run: Run) -> bool:
                or (isinstance(sink, type) and issubclass(sink, ConsoleSink)) for sink in run.settings.sinks)
 
 
-def report_once(owner: str, run: Any, what: str, exc: BaseException) -> None:
-    """A callback's own failure (never the user's): recorded in ``meta["capture_errors"][what]``
-    and told on stderr, once per run; training goes on."""
+def report_once(owner: str, run: Any, what: str, exc: BaseException, doing: str) -> None:
+    """A callback's own failure (never the user's) while `doing` something: recorded in
+    ``meta["capture_errors"][what]`` and told on stderr, once per run; training goes on."""
     meta = getattr(run, "meta", None)
     errors = meta.setdefault("capture_errors", {}) if isinstance(meta, dict) else {}
     if what in errors:
         return
     detail = f"{type(exc).__name__}: {exc}"
     errors[what] = detail
-    print(f"autolog: {owner} could not record {what}'s metrics; training goes on. {detail}", file=sys.stderr)
+    print(f"autolog: {owner} could not {doing}; training goes on. {detail}", file=sys.stderr)
 
 
-MARKER = "autolog.json"  # written next to a trainer's checkpoint: the run it belongs to
 
 
-def write_marker(folder: str, run: Any, step: int) -> None:
-    """``<folder>/autolog.json``: the run (id, project, directory) and the trainer's step of the
-    checkpoint in `folder`, so a trainer resuming from it continues the run at that step."""
+def write_marker(folder: str, run: Any, step: int, file: str | None = None) -> None:
+    """``<folder>/autolog.json`` (or the file `file`): the run (id, project, directory), the
+    trainer's step of the checkpoint and the run's log size when it was taken (call it after
+    ``run.flush(wait="log")``), so a trainer resuming from the checkpoint continues the run there."""
     data = {"format": 1, "run_id": run.id, "project": run.project, "run_path": os.path.abspath(run.path),
-            "step": int(step)}
-    tmp = os.path.join(folder, f".{MARKER}.tmp")
+            "step": int(step), "log_offset": getattr(run.pipeline, "log_end", None)}
+    target = file or os.path.join(folder, MARKER)
+    os.makedirs(os.path.dirname(target) or ".", exist_ok=True)  # Lightning makes it with the checkpoint
+    tmp = f"{target}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=1)
-    os.replace(tmp, os.path.join(folder, MARKER))
-
-
-def read_marker(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
-    """The marker of a checkpoint (a directory holding ``autolog.json``, or a checkpoint file
-    ``<file>`` with ``<file>.autolog.json`` beside it), or None when there is none or it is not
-    autolog's."""
-    path = os.fspath(checkpoint)
-    candidates = [os.path.join(path, MARKER)] if os.path.isdir(path) else [f"{path}.{MARKER}"]
-    for candidate in candidates:
-        try:
-            with open(candidate, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict) and isinstance(data.get("run_path"), str) and type(data.get("step")) is int:
-            return data
-    return None
+    os.replace(tmp, target)

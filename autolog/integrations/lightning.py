@@ -49,14 +49,26 @@ aggregate early (under ``sync_dist=True`` that would be a collective out of turn
 - training epoch aggregates (also what the module logs in ``on_train_epoch_end``) at the next
   ``on_train_epoch_start`` and at ``on_train_end``, at the number of optimizer steps completed.
 Steps are the run's: optimizer steps completed, counted by autolog's capture, which agrees with
-``trainer.global_step`` for one optimizer without skipped (AMP inf/NaN) steps. A fit resumed
-from a checkpoint starts a run at step 0; in a joined run, ``fit``'s steps follow the run's
-earlier ones. With ``capture=False`` the steps are Lightning's ``global_step``, shifted the same way.
+``trainer.global_step`` for one optimizer without skipped (AMP inf/NaN) steps. In a joined run,
+``fit``'s steps follow the run's earlier ones. With ``capture=False`` the steps are Lightning's
+``global_step``, shifted the same way.
+
+Resuming: whenever Lightning saves a checkpoint during ``fit`` (``ModelCheckpoint``,
+``trainer.save_checkpoint``), the callback first makes sure the run's log holds everything
+recorded so far, then writes ``<checkpoint file>.autolog.json`` beside it (``{"run_id",
+"project", "run_path", "step", "log_offset"}``). ``fit(ckpt_path=<that file>)`` (or "last") then
+continues that run at the checkpoint's global step: the earlier attempt's points at steps >= it
+that were recorded after the checkpoint are superseded, those recorded before it (the epoch's
+and validation's values at that step) stay. A checkpoint without the file starts a new run at
+step 0 (its steps follow Lightning's global_step shifted to start there); so does one whose run
+is gone, with a note on stderr. ``resume=`` given to the callback wins. TensorBoard's purge works
+by step: in a TensorBoard sink, values recorded at the checkpoint's step before it are dropped.
 """
 from __future__ import annotations
 
 import importlib
 import os
+import sys
 import warnings
 from typing import Any, Iterable, Mapping
 
@@ -66,6 +78,7 @@ import autolog
 
 from autolog.capture.patches import session as capture_session
 from autolog.core.config import flatten
+from autolog.core.run import current
 from autolog.integrations import _trainer as trainer_mod
 
 __all__ = ["AutologCallback"]
@@ -124,12 +137,13 @@ class AutologCallback(*_callback_bases()):  # type: ignore[misc]
         self._batch_step: int | None = None
         self._batch_global: int | None = None
         self._tail_step: int | None = None
+        self._marker: tuple[str, int] | None = None  # the checkpoint saved at this epoch's end, if any
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (``strategy="ddp_spawn"`` sends callbacks to its workers): the options only."""
         state = self.__dict__.copy()
         state.update(run=None, _stage=None, _owned=False, _records=False, _counting=False, _seen={},
-                     _step_names=set(), _batch_step=None, _batch_global=None, _tail_step=None)
+                     _step_names=set(), _batch_step=None, _batch_global=None, _tail_step=None, _marker=None)
         return state
 
     # ------------------------------------------------------------------ lifecycle
@@ -138,14 +152,41 @@ class AutologCallback(*_callback_bases()):  # type: ignore[misc]
         if stage not in _STAGES or self._stage is not None:
             return
         _warn_default_logger(trainer)
+        options = dict(self.run_options)
+        checkpoint = _restoring_checkpoint() if stage == "fit" else None
+        resuming = checkpoint is not None and options.get("resume") is None and current() is None \
+            and trainer_mod.read_marker(checkpoint) is not None
+        if resuming:  # the run, the step and the log position come from the checkpoint's marker
+            options["resume"] = os.fspath(checkpoint)
         self.run, self._owned, self._records = trainer_mod.open_run(
-            self.run_options, _config(trainer, pl_module, self.run_options["config"]),
+            options, _config(trainer, pl_module, self.run_options["config"]),
             log_every=getattr(trainer, "log_every_n_steps", 0),
-            progress_bar=getattr(trainer, "progress_bar_callback", None) is not None)
+            progress_bar=getattr(trainer, "progress_bar_callback", None) is not None, fallback=resuming)
         self._stage = stage
         # autolog's capture counts the run's optimizer steps (run._capture is set by autolog.capture)
         self._counting = getattr(self.run, "_capture", None) is not None
         self._seen, self._step_names, self._offset, self._batch_step, self._tail_step = {}, set(), 0, None, None
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        """Everything recorded so far goes to the run's log, and ``<checkpoint>.autolog.json``
+        (this run, the global step, the log's size) is written beside the checkpoint file, so that
+        ``fit(ckpt_path=<checkpoint>)`` continues this run there."""
+        if not self._records or self._stage != "fit":
+            return
+        filepath = _saving_to()
+        if filepath is not None:
+            self._mark(filepath, trainer.global_step)
+            # Saved at an epoch's end: the epoch's aggregates reach trainer.logged_metrics only after
+            # this; they are read at the next epoch start, which then moves the marker past them.
+            self._marker = (filepath, trainer.global_step)
+
+    def _mark(self, filepath: str, step: int) -> None:
+        try:
+            self.run.flush(wait="log")
+            trainer_mod.write_marker(os.path.dirname(filepath) or ".", self.run, step,
+                                     file=f"{filepath}.{trainer_mod.MARKER}")
+        except Exception as exc:  # noqa: BLE001 -- a checkpoint must never fail because of autolog
+            trainer_mod.report_once("AutologCallback", self.run, "checkpoint", exc, "mark the checkpoint")
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         if self._stage == "fit" and self.watch is not None:
@@ -206,6 +247,9 @@ class AutologCallback(*_callback_bases()):  # type: ignore[misc]
         if self._records:
             self._read(trainer, self._now(trainer), tail_step=self._tail_step)
             self._tail_step = None
+            marker, self._marker = self._marker, None
+            if marker is not None and marker[1] == trainer.global_step:  # nothing trained since the save
+                self._mark(*marker)
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         self._eval_start(trainer, "validate")
@@ -264,7 +308,7 @@ class AutologCallback(*_callback_bases()):  # type: ignore[misc]
             if step is not None and (fresh or extra):
                 self.run.log({**(extra or {}), **fresh}, step=step)
         except Exception as exc:  # noqa: BLE001 -- never break the user's training
-            trainer_mod.report_once("AutologCallback", self.run, "lightning", exc)
+            trainer_mod.report_once("AutologCallback", self.run, "lightning", exc, "record Lightning's metrics")
 
     def _fresh(self, logged: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         fresh = {}
@@ -276,6 +320,31 @@ class AutologCallback(*_callback_bases()):  # type: ignore[misc]
                 fresh[name] = value
         self._seen = {k: v for k, v in logged.items() if isinstance(v, torch.Tensor)}  # kept alive: no reuse
         return fresh
+
+
+def _frame_local(function: str, name: str, depth: int = 12) -> Any:
+    """Local `name` of the nearest caller frame running `function` (Lightning hands callbacks
+    neither the checkpoint being restored at setup nor the file being saved), or None."""
+    frame = sys._getframe(2)
+    for _ in range(depth):
+        if frame is None:
+            return None
+        if frame.f_code.co_name == function and name in frame.f_locals:
+            return frame.f_locals[name]
+        frame = frame.f_back
+    return None
+
+
+def _restoring_checkpoint() -> str | None:
+    """The checkpoint ``fit`` restores (``ckpt_path``, resolved by Lightning), from setup."""
+    path = _frame_local("_run", "ckpt_path")
+    return os.fspath(path) if isinstance(path, (str, os.PathLike)) and os.path.isfile(path) else None
+
+
+def _saving_to() -> str | None:
+    """The file ``Trainer.save_checkpoint`` is writing, from on_save_checkpoint."""
+    path = _frame_local("save_checkpoint", "filepath")
+    return os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
 
 
 def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:

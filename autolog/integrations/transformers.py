@@ -152,7 +152,7 @@ class AutologCallback(TrainerCallback):
             if os.path.isdir(folder):
                 write_marker(folder, self.run, state.global_step)
         except Exception as exc:  # noqa: BLE001 -- a checkpoint must never fail because of autolog
-            trainer_mod.report_once(_OWNER, self.run, "checkpoint", exc)
+            trainer_mod.report_once(_OWNER, self.run, "checkpoint", exc, "mark the checkpoint")
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Mapping[str, Any] | None = None,
                **kwargs: Any) -> None:
@@ -172,7 +172,7 @@ class AutologCallback(TrainerCallback):
             if fresh:
                 self.run.log(fresh, step=step)
         except Exception as exc:  # noqa: BLE001 -- never break the user's training
-            trainer_mod.report_once(_OWNER, self.run, "Trainer", exc)
+            trainer_mod.report_once(_OWNER, self.run, "Trainer", exc, "record the Trainer's metrics")
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._end(None)

@@ -105,9 +105,10 @@ def _histogram_series(items: list[tuple[dict, list[float], list[float]]]) -> dic
     return histograms
 
 
-def attempt_bounds(meta: dict[str, Any]) -> list[tuple[int, int | None]]:
-    """For each attempt after the first of a resumed run: (log offset where it began, the
-    step it resumed at or None), from ``meta["attempts"]``; [] for a run never resumed."""
+def attempt_bounds(meta: dict[str, Any]) -> list[tuple[int, int | None, int | None]]:
+    """For each attempt after the first of a resumed run: (log offset where it began, the step it
+    resumed at or None, the log size when its checkpoint was taken or None), from
+    ``meta["attempts"]``; [] for a run never resumed."""
     attempts = meta.get("attempts")
     if not isinstance(attempts, list):
         return []
@@ -115,20 +116,28 @@ def attempt_bounds(meta: dict[str, Any]) -> list[tuple[int, int | None]]:
     for entry in attempts[1:]:
         if not isinstance(entry, dict):
             continue
-        offset, step = entry.get("log_offset"), entry.get("resume_step")
+        offset, step, checkpoint = entry.get("log_offset"), entry.get("resume_step"), entry.get("checkpoint_offset")
         if type(offset) is int and offset >= 0:
-            out.append((offset, step if type(step) is int and step >= 0 else None))
+            out.append((offset, step if type(step) is int and step >= 0 else None,
+                        checkpoint if type(checkpoint) is int and 0 <= checkpoint <= offset else None))
     return out
 
 
-def _cuts(bounds: list[tuple[int, int | None]]) -> np.ndarray:
-    """Per attempt: the lowest resume step of any later attempt (points at or above it are
-    superseded); int64 max when none rewinds."""
-    cuts = np.full(len(bounds) + 1, np.iinfo(np.int64).max, dtype=np.int64)
-    for attempt in range(len(bounds) - 1, -1, -1):
-        step = bounds[attempt][1]
-        cuts[attempt] = min(cuts[attempt + 1], step if step is not None else cuts[attempt + 1])
-    return cuts
+def superseded(bounds: list[tuple[int, int | None, int | None]], steps: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Which points (their steps, and the log offsets where their records end) a later attempt
+    supersedes: those an earlier attempt stored at steps >= the later one's resume step -- and
+    after the later one's checkpoint was taken, when that is known."""
+    offsets = np.asarray([offset for offset, _s, _c in bounds], dtype=np.int64)
+    which = np.searchsorted(offsets, ends, side="left")  # the attempt that wrote each point
+    out = np.zeros(len(steps), dtype=bool)
+    for later, (_offset, step, checkpoint) in enumerate(bounds, start=1):
+        if step is None:
+            continue
+        mask = (which < later) & (steps >= step)
+        if checkpoint is not None:
+            mask &= ends > checkpoint
+        out |= mask
+    return out
 
 
 class RunData:
@@ -171,14 +180,17 @@ class RunData:
                 self._attempts = [AttemptData(0, self._attempt_info(0), _series(log.names, log.keys, log.steps, log.values),
                                               _histogram_series(log.histograms), log.media, {})]
             return _series(log.names, log.keys, log.steps, log.values), _histogram_series(log.histograms), log.media
-        offsets = np.asarray([offset for offset, _ in bounds], dtype=np.int64)
-        cuts = _cuts(bounds)
+        offsets = np.asarray([offset for offset, _s, _c in bounds], dtype=np.int64)
         which = np.searchsorted(offsets, log.ends, side="left")  # the attempt that wrote each point
-        kept = log.steps < cuts[which]
-        hist_which = np.searchsorted(offsets, np.asarray(log.histogram_ends, dtype=np.int64), side="left")
-        media_which = np.searchsorted(offsets, np.asarray(log.media_ends, dtype=np.int64), side="left")
-        hist_kept = [int(item["step"]) < cuts[a] for (item, _e, _c), a in zip(log.histograms, hist_which.tolist())]
-        media_kept = [int(item["step"]) < cuts[a] for item, a in zip(log.media, media_which.tolist())]
+        kept = ~superseded(bounds, log.steps, log.ends)
+        hist_ends = np.asarray(log.histogram_ends, dtype=np.int64)
+        media_ends = np.asarray(log.media_ends, dtype=np.int64)
+        hist_which = np.searchsorted(offsets, hist_ends, side="left")
+        media_which = np.searchsorted(offsets, media_ends, side="left")
+        hist_steps = np.asarray([int(item["step"]) for item, _e, _c in log.histograms], dtype=np.int64)
+        media_steps = np.asarray([int(item["step"]) for item in log.media], dtype=np.int64)
+        hist_kept = (~superseded(bounds, hist_steps, hist_ends)).tolist()
+        media_kept = (~superseded(bounds, media_steps, media_ends)).tolist()
         if self._want_attempts:
             self._attempts = []
             for a in range(len(bounds) + 1):
