@@ -25,6 +25,9 @@ SECRET = "sk-live-abcdefghijklmnop1234"
 
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
+    """Accelerate keeps process-wide singletons (an HF Trainer in an earlier test leaves its own)."""
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
     yield
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
