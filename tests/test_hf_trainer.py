@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing from the hub, ever
 
@@ -120,6 +121,8 @@ def test_config_from_training_arguments_and_model_secrets_redacted(tmp_path):
     assert config["dataset"] == "toy"
     with open(os.path.join(cb.run.path, "run.json")) as fh:
         assert HUB_TOKEN not in fh.read()
+    copy = pickle.loads(pickle.dumps(cb))  # hyperparameter search sends callbacks to workers
+    assert copy.run is None and copy.run_options == cb.run_options
 
 
 class RaiseAt(TrainerCallback):

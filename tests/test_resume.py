@@ -5,6 +5,7 @@ process."""
 from __future__ import annotations
 
 import copy
+import glob
 import os
 import signal
 import subprocess
@@ -232,6 +233,12 @@ def test_sinks_of_a_resumed_run_line_up_tensorboard_purges_csv_rewinds_wandb_res
     checkpoint: dict = {}
     with pytest.raises(RuntimeError):
         _train({"dir": tmp_path / "runs", "sinks": sinks}, fail_at=9, checkpoint_at=6, saved=checkpoint)
+    # TensorBoard reads event files in name order (start second, host, pid, a counter): name the first
+    # attempt's file as if it had started a minute earlier, as a real restart does, so that this
+    # process's counter cannot order the two attempts' files the other way round
+    (earlier,) = glob.glob(str(tmp_path / "runs" / "resume" / "*" / "tensorboard" / "events.out.tfevents.*"))
+    stamp = os.path.basename(earlier).split(".")[3]
+    os.rename(earlier, earlier.replace(f".{stamp}.", f".{int(stamp) - 60:010d}."))
     run = _train({"dir": tmp_path / "runs", "sinks": sinks, "resume": "last", "resume_step": 6},
                  start=6, state=checkpoint)
     stored = autolog.read_run(run.path).metrics["train/loss"]

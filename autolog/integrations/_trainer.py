@@ -116,3 +116,23 @@ def write_marker(folder: str, run: Any, step: int, file: str | None = None) -> N
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=1)
     os.replace(tmp, target)
+
+
+_MISSING = object()
+
+
+def caller_local(name: str, function: str | None = None, accept: Any = None, depth: int = 12) -> Any:
+    """Local `name` of the nearest frame above the caller that runs `function` (any, when None)
+    and whose value `accept` takes (any, when None), or None. The trainers hand callbacks neither
+    themselves, nor the checkpoint being restored or written, nor the project being started: their
+    own frames hold them."""
+    frame = sys._getframe(2)
+    for _ in range(depth):
+        if frame is None:
+            return None
+        if function is None or frame.f_code.co_name == function:
+            value = frame.f_locals.get(name, _MISSING)
+            if value is not _MISSING and (accept is None or accept(value)):
+                return value
+        frame = frame.f_back
+    return None

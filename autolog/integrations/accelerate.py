@@ -28,7 +28,6 @@ Importing this module also registers the name, so ``Accelerator(log_with="autolo
 """
 from __future__ import annotations
 
-import sys
 from typing import Any, Iterable, Mapping
 
 from autolog.integrations import _trainer as trainer_mod
@@ -42,7 +41,6 @@ except ImportError as exc:  # pragma: no cover -- the extra is not installed
 __all__ = ["AutologTracker"]
 
 _OWNER = "AutologTracker"
-_FRAMES = 6  # how far up the stack start() looks for init_trackers' project_name
 
 
 class AutologTracker(GeneralTracker):
@@ -108,15 +106,8 @@ class AutologTracker(GeneralTracker):
 def _init_trackers_project() -> str | None:
     """``project_name`` of the ``Accelerator.init_trackers`` call that is starting this tracker
     (Accelerate hands it only to trackers it builds from a name), or None."""
-    frame = sys._getframe(1)
-    for _ in range(_FRAMES):
-        if frame is None:
-            return None
-        if frame.f_code.co_name == "init_trackers":
-            project = frame.f_locals.get("project_name")
-            return project if isinstance(project, str) and project else None
-        frame = frame.f_back
-    return None
+    project = trainer_mod.caller_local("project_name", "init_trackers", depth=6)
+    return project if isinstance(project, str) and project else None
 
 
 def _register() -> None:

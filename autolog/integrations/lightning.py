@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import sys
 import warnings
 from typing import Any, Iterable, Mapping
 
@@ -322,28 +321,15 @@ class AutologCallback(*_callback_bases()):  # type: ignore[misc]
         return fresh
 
 
-def _frame_local(function: str, name: str, depth: int = 12) -> Any:
-    """Local `name` of the nearest caller frame running `function` (Lightning hands callbacks
-    neither the checkpoint being restored at setup nor the file being saved), or None."""
-    frame = sys._getframe(2)
-    for _ in range(depth):
-        if frame is None:
-            return None
-        if frame.f_code.co_name == function and name in frame.f_locals:
-            return frame.f_locals[name]
-        frame = frame.f_back
-    return None
-
-
 def _restoring_checkpoint() -> str | None:
     """The checkpoint ``fit`` restores (``ckpt_path``, resolved by Lightning), from setup."""
-    path = _frame_local("_run", "ckpt_path")
+    path = trainer_mod.caller_local("ckpt_path", "_run")
     return os.fspath(path) if isinstance(path, (str, os.PathLike)) and os.path.isfile(path) else None
 
 
 def _saving_to() -> str | None:
     """The file ``Trainer.save_checkpoint`` is writing, from on_save_checkpoint."""
-    path = _frame_local("save_checkpoint", "filepath")
+    path = trainer_mod.caller_local("filepath", "save_checkpoint")
     return os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
 
 

@@ -68,7 +68,6 @@ except ImportError as exc:  # pragma: no cover -- the extra is not installed
 __all__ = ["AutologCallback"]
 
 _OWNER = "AutologCallback"
-_FRAMES = 8  # how far up the stack on_init_end looks for the Trainer announcing it
 
 
 class AutologCallback(TrainerCallback):
@@ -122,7 +121,7 @@ class AutologCallback(TrainerCallback):
             print(f"autolog: {_OWNER} could not read the Trainer's config: {type(exc).__name__}: {exc}",
                   file=sys.stderr)
         options = dict(self.run_options)
-        marker = _resumed_from(args)
+        marker = _resumed_from()
         if marker is not None and options.get("resume") is None and current() is None:
             options.update(resume=marker["run_path"], resume_step=state.global_step)
         self.run, self._owned, self._records = trainer_mod.open_run(
@@ -190,19 +189,10 @@ def _repeated(last: tuple[int, float] | None, step: int, value: float) -> bool:
 
 
 def _announcing_trainer() -> Any:
-    """The ``Trainer`` whose ``__init__`` is calling ``on_init_end`` (found on the stack: the
-    Trainer does not hand itself to callbacks), or None."""
+    """The ``Trainer`` whose ``__init__`` is calling ``on_init_end``, or None."""
     from transformers import Trainer
 
-    frame = sys._getframe(1)
-    for _ in range(_FRAMES):
-        if frame is None:
-            return None
-        candidate = frame.f_locals.get("self")
-        if isinstance(candidate, Trainer):
-            return candidate
-        frame = frame.f_back
-    return None
+    return trainer_mod.caller_local("self", "__init__", accept=lambda value: isinstance(value, Trainer))
 
 
 def _wrap_train(trainer: Any, callback: AutologCallback) -> None:
@@ -226,19 +216,13 @@ def _wrap_train(trainer: Any, callback: AutologCallback) -> None:
     trainer.train = train
 
 
-def _resumed_from(args: Any) -> dict[str, Any] | None:
-    """autolog's marker in the checkpoint the running ``train()`` resumes from, or None. The
-    checkpoint is read from the Trainer's own frame (``resume_from_checkpoint`` of
-    ``_inner_training_loop``, already resolved from True to the last checkpoint's path)."""
-    frame = sys._getframe(1)
-    for _ in range(_FRAMES + 4):
-        if frame is None:
-            return None
-        if frame.f_code.co_name == "_inner_training_loop":
-            path = frame.f_locals.get("resume_from_checkpoint")
-            return read_marker(path) if isinstance(path, (str, os.PathLike)) else None
-        frame = frame.f_back
-    return None
+def _resumed_from() -> dict[str, Any] | None:
+    """autolog's marker in the checkpoint the running ``train()`` resumes from, or None (the
+    ``resume_from_checkpoint`` of the Trainer's ``_inner_training_loop``, already resolved from
+    True to the last checkpoint's path)."""
+    path = trainer_mod.caller_local("resume_from_checkpoint", "_inner_training_loop",
+                                    accept=lambda value: isinstance(value, (str, os.PathLike)))
+    return read_marker(path) if path is not None else None
 
 
 def _log_every(args: Any, state: Any) -> int | None:
