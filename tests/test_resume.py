@@ -268,3 +268,21 @@ def test_sinks_of_a_resumed_run_line_up_tensorboard_purges_csv_rewinds_wandb_res
     assert {r.run_id for r in records} == {wandb_run_id(run.id)}
     second = [(row["_step"], row["train/loss"]) for row in records[1].history if "train/loss" in row]
     assert second == stored[6:]
+
+
+def test_replay_of_a_resumed_run_writes_the_run_as_read_run_reads_it(tmp_path):
+    from autolog.tools.replay import replay
+
+    checkpoint: dict = {}
+    with pytest.raises(RuntimeError):
+        _train({"dir": tmp_path}, fail_at=9, checkpoint_at=6, saved=checkpoint)
+    run = _train({"dir": tmp_path, "resume": "last", "resume_step": 6}, start=6, state=checkpoint)
+    data = autolog.read_run(run.path)
+    assert replay(data, ["csv"], out=lambda line: None) == 0
+
+    import pandas as pd
+
+    frame = pd.read_csv(os.path.join(run.path, "metrics.csv"))
+    for name in ("train/loss", "seen"):
+        rows = frame[frame["name"] == name]
+        assert list(zip(rows["step"], rows["value"])) == data.metrics[name], name  # superseded left out
