@@ -26,16 +26,18 @@ def run(project: str | None = None, name: str | None = None, dir: str | None = N
         config: Mapping[str, Any] | Any = None, tags: Iterable[str] = (),
         capture: Any = None, redact: Iterable[Any] | None = None, mode: str | None = None,
         flush_secs: float | None = None, close_timeout: float | None = None,
-        sync_dist: bool = False, max_pending_mb: float | None = None) -> Run | NullRun:
+        sync_dist: bool = False, max_pending_mb: float | None = None, resume: Any = None,
+        resume_step: int | None = None) -> Run | NullRun:
     """Start a run now; use it as a context manager, or call `finish()` yourself.
 
     Inside an open run this returns that run (nested runs join the outer one); its `config`
     is merged into the open run's config. The options are those of `track` (see ``capture``
-    there).
+    and ``resume`` there).
     """
     options = dict(project=project, name=name, dir=dir, sinks=sinks, log_every=log_every, config=config,
                    tags=tags, capture=capture, redact=redact, mode=mode, flush_secs=flush_secs,
-                   close_timeout=close_timeout, sync_dist=sync_dist, max_pending_mb=max_pending_mb)
+                   close_timeout=close_timeout, sync_dist=sync_dist, max_pending_mb=max_pending_mb,
+                   resume=resume, resume_step=resume_step)
     open_run = run_mod.current()
     if open_run is not None:
         if config is not None:
@@ -68,7 +70,7 @@ def track(wrapped: Callable | None = None, *, project: str | None = None, name: 
           config: Mapping[str, Any] | Any = None, tags: Iterable[str] = (), capture: Any = None,
           redact: Iterable[Any] | None = None, mode: str | None = None, flush_secs: float | None = None,
           close_timeout: float | None = None, sync_dist: bool = False,
-          max_pending_mb: float | None = None) -> Any:
+          max_pending_mb: float | None = None, resume: Any = None, resume_step: int | None = None) -> Any:
     """Decorate a train function: each call is a run whose config is the call's arguments.
 
     Works bare (``@track``) or with options (``@track(project="x")``) on functions, methods,
@@ -89,10 +91,18 @@ def track(wrapped: Callable | None = None, *, project: str | None = None, name: 
     max_pending_mb: how much of the hand-offs may wait in memory for the run's log (default
     256, or ``$AUTOLOG_MAX_PENDING_MB``); past it the training thread waits at the hand-off for
     the disk (counted in ``meta["handoff_waits"]``, told once).
+
+    resume: continue a stored run instead of starting one: a run id, id prefix, name or
+    directory (as the command line takes them), or "last" (the newest run of the project that
+    did not finish; none: a new run). Same id and directory, status back to ``running``, config
+    merged, ``meta["attempts"]`` one entry per attempt. resume_step: the step the checkpoint was
+    taken at; the run's step continues there, and what earlier attempts stored at steps >= it
+    is superseded (see `autolog.read_run`). Without it the step continues where the run stopped.
     """
     options = dict(project=project, name=name, dir=dir, sinks=sinks, log_every=log_every, config=config,
                    tags=tags, capture=capture, redact=redact, mode=mode, flush_secs=flush_secs,
-                   close_timeout=close_timeout, sync_dist=sync_dist, max_pending_mb=max_pending_mb)
+                   close_timeout=close_timeout, sync_dist=sync_dist, max_pending_mb=max_pending_mb,
+                   resume=resume, resume_step=resume_step)
     if wrapped is None:
         return functools.partial(track, **options)
 

@@ -17,6 +17,7 @@ import torch
 from autolog.core import config as config_mod
 from autolog.core import distributed
 from autolog.core import process
+from autolog.core import resume as resume_mod
 from autolog.pipeline import media as media_mod
 from autolog.core import meta as meta_mod
 from autolog.core import validate
@@ -90,10 +91,13 @@ class Run:
         meta["command"] = self._redactor.argv(meta["command"])
         meta.update(self.dist.meta())
         self.meta = self._redactor.deep(meta)
+        self.resumed = False  # True when this run continues a stored one (resume=)
+        self._resume_step: int | None = None
         if self.is_follower:
             identity = self.coordinator.share_identity(None) if self.coordinator else None
             identity = identity or {"id": None, "path": None, "name": s.name}
             self.id, self.path, self.name = identity["id"], identity["path"], identity["name"]
+            self._step = identity.get("step") or (s.resume_step or 0)  # a resumed job's ranks go on alike
             self._lock_fd = None
             self.pipeline = _NullPipeline()
         else:
@@ -101,20 +105,27 @@ class Run:
             # "local" is the run's log itself, written for every run whatever `sinks=` says
             local = [x for x in sinks if isinstance(x, LocalSink)]
             sinks = [x for x in sinks if not isinstance(x, LocalSink)]
-            parent = os.path.join(s.dir, self.project)
-            self.id, self.path = store_files.new_run_dir(parent)
-            self.name = s.name or self.id
-            self._lock_fd = store_files.hold_lock(self.path)
+            previous, marker = resume_mod.target(s) if s.resume is not None else (None, None)
+            if previous is None:
+                parent = os.path.join(s.dir, self.project)
+                self.id, self.path = store_files.new_run_dir(parent)
+                self.name = s.name or self.id
+                self._lock_fd = store_files.hold_lock(self.path)
+            else:
+                self._lock_fd = resume_mod.take_lock(previous)
+                self._continue(resume_mod.reread(previous), marker)
             self.files = store_files.RunFiles(self.path)
             self._write_record()
             info = RunInfo(id=self.id, name=self.name, project=self.project, path=self.path,
                            config=dict(self.config), meta=dict(self.meta), tags=self.tags,
-                           mode=None if s.mode == "online" else s.mode)
+                           mode=None if s.mode == "online" else s.mode, resumed=self.resumed,
+                           resume_step=self._resume_step)
             self.pipeline = Pipeline(sinks, info, prepare=self._prepare,
                                      fsync_secs=local[0].fsync_secs if local else 1.0,
                                      max_pending_mb=s.max_pending_mb)
             if self.coordinator:
-                self.coordinator.share_identity({"id": self.id, "path": self.path, "name": self.name})
+                self.coordinator.share_identity({"id": self.id, "path": self.path, "name": self.name,
+                                                 "step": self._step})
         _all_runs.add(self)
         with _state_lock:
             _active.append(self)
@@ -126,6 +137,31 @@ class Run:
         except Exception as exc:  # noqa: BLE001 -- never break the user's training
             self.meta["capture_error"] = self._redactor.text(f"{type(exc).__name__}: {validate.safe_str(exc)}")
             print(f"autolog: automatic capture is off for this run: {self.meta['capture_error']}", file=sys.stderr)
+
+    def _continue(self, previous: Any, marker: dict[str, Any] | None = None) -> None:
+        """Become the stored run `previous` (resume=): its id, directory, project, name, tags and
+        config (this call's config merged over it), its summary as the base of this one's, the
+        step it resumes at (``resume_step``, else the marked checkpoint's), and
+        ``meta["attempts"]`` with this attempt appended."""
+        s = self.settings
+        self.resumed = True
+        ours = marker is not None and marker.get("run_id") == previous.id
+        self._resume_step = s.resume_step if s.resume_step is not None else (marker["step"] if ours else None)
+        checkpoint_offset = marker.get("log_offset") if ours else None
+        self.id, self.path, self.project = previous.id, previous.path, previous.project
+        self.name = s.name or previous.name
+        self.tags = tuple(dict.fromkeys((*previous.tags, *self.tags)))
+        self.config = {**previous.config, **self.config}
+        self._last_values = {k: v for k, v in previous._stored_summary.items() if isinstance(v, (int, float))}
+        self._step = self._resume_step if self._resume_step is not None else resume_mod.end_step(previous)
+        first = (previous.meta.get("attempts") or [previous.meta])[0]
+        for key in ("start_time", "start_timestamp"):  # the run began with its first attempt
+            if isinstance(first, dict) and key in first:
+                self.meta[key] = first[key]
+        self.meta["attempts"] = resume_mod.attempts(previous, {**self.meta, "start_time": meta_mod.iso(self.start_time),
+                                                               "start_timestamp": self.start_time},
+                                                    self._step, self._resume_step, resume_mod.log_offset(self.path),
+                                                    checkpoint_offset if type(checkpoint_offset) is int else None)
 
     def _record(self) -> dict[str, Any]:
         return {"format": store.FORMAT_VERSION, "id": self.id, "name": self.name, "project": self.project,
@@ -186,6 +222,8 @@ class Run:
         elif self._sync_pending:
             self._reduce_point()
         self.status = status
+        if self.resumed:
+            resume_mod.close_attempt(self.meta, status, self._step)
         if self.is_follower:
             self._buffer.stage(self._step)  # drop: followers write nothing
             return
@@ -276,15 +314,20 @@ class Run:
         if time.monotonic() - self._last_handoff >= self.settings.flush_secs and not self._finished:
             self._handoff()
 
-    def flush(self, wait: bool = False, timeout: float | None = None) -> bool:
-        """Hand everything buffered to the writer; with `wait`, block until every sink wrote it.
+    def flush(self, wait: bool | str = False, timeout: float | None = None) -> bool:
+        """Hand everything buffered to the writer; with `wait`, block until every sink wrote it;
+        with ``wait="log"``, until the run's log holds it (what to do when a checkpoint is saved:
+        a kill after that loses nothing recorded before it).
 
-        Returns False when `wait` timed out (a stalled sink)."""
+        Returns False when `wait` timed out (a stalled sink, or disk)."""
+        if wait not in (False, True, "log"):
+            raise ValueError(f"run.flush: wait: expected True, False or \"log\", got {wait!r}")
         if self._finished or self._forked:
             return True
         self._handoff(force=True)
         if wait:
-            return self.pipeline.wait(self.settings.close_timeout if timeout is None else timeout)
+            return self.pipeline.wait(self.settings.close_timeout if timeout is None else timeout,
+                                      sinks=wait != "log")
         return True
 
     def _reduce_point(self) -> None:
@@ -441,7 +484,7 @@ class _NullPipeline:
     def submit(self, staged: Any) -> None:
         pass
 
-    def wait(self, timeout: float) -> bool:
+    def wait(self, timeout: float, sinks: bool = True) -> bool:
         return True
 
     def close(self, make_result: Any, timeout: float) -> bool:

@@ -7,7 +7,7 @@ import re
 import sys
 from typing import Any, Iterable, Mapping
 
-from autolog.core.validate import clean_text
+from autolog.core.validate import clean_text, step as checked_step
 from autolog.capture.options import parse_capture
 
 DEFAULT_DIR = "runs"
@@ -55,6 +55,8 @@ class Settings:
     mode: str
     sync_dist: bool = False
     max_pending_mb: float = DEFAULT_MAX_PENDING_MB
+    resume: str | None = None  # a run reference (id, id prefix, name, directory) or "last"
+    resume_step: int | None = None  # the step the resumed run continues at
 
     @property
     def disabled(self) -> bool:
@@ -101,7 +103,8 @@ def resolve(project: str | None = None, name: str | None = None, dir: str | os.P
             capture: Any = None, redact: Iterable[Any] | None = None,
             mode: str | None = None, flush_secs: float | None = None,
             close_timeout: float | None = None, sync_dist: bool = False, func: Any = None,
-            max_pending_mb: float | None = None) -> Settings:
+            max_pending_mb: float | None = None, resume: str | os.PathLike | None = None,
+            resume_step: int | None = None) -> Settings:
     """Settings for a run: each from its argument, else its environment variable, else built-in."""
     mode = mode or _from_env("mode") or "online"
     if mode not in MODES:
@@ -134,6 +137,7 @@ def resolve(project: str | None = None, name: str | None = None, dir: str | os.P
         redact = (redact,)
     if name is not None and not isinstance(name, str):
         raise TypeError(f"name: expected a string, got {type(name).__name__}")
+    resume, resume_step = _resume(resume, resume_step)
     project = project or _from_env("project") or default_project(func)
     if not isinstance(project, str):
         raise TypeError(f"project: expected a string, got {type(project).__name__}")
@@ -152,4 +156,23 @@ def resolve(project: str | None = None, name: str | None = None, dir: str | os.P
         mode=mode,
         sync_dist=bool(sync_dist),
         max_pending_mb=_positive_float("max_pending_mb", max_pending_mb, "a positive number of MB"),
+        resume=resume,
+        resume_step=resume_step,
     )
+
+
+def _resume(resume: Any, resume_step: Any) -> tuple[str | None, int | None]:
+    """`resume` as a run reference string (a path as given), `resume_step` as a checked step."""
+    if resume is not None:
+        if isinstance(resume, os.PathLike):
+            resume = os.fspath(resume)
+        if not isinstance(resume, str):
+            raise TypeError(f"resume: expected a run id, id prefix, name, directory or \"last\", "
+                            f"got {type(resume).__name__}")
+        if not resume.strip():
+            raise ValueError("resume: expected a run id, id prefix, name, directory or \"last\", got ''")
+    if resume_step is not None:
+        if resume is None:
+            raise ValueError("resume_step: only with resume= (the run to continue at that step)")
+        resume_step = checked_step(resume_step, "resume_step")
+    return resume, resume_step

@@ -49,15 +49,25 @@ aggregate early (under ``sync_dist=True`` that would be a collective out of turn
 - training epoch aggregates (also what the module logs in ``on_train_epoch_end``) at the next
   ``on_train_epoch_start`` and at ``on_train_end``, at the number of optimizer steps completed.
 Steps are the run's: optimizer steps completed, counted by autolog's capture, which agrees with
-``trainer.global_step`` for one optimizer without skipped (AMP inf/NaN) steps. A fit resumed
-from a checkpoint starts a run at step 0; in a joined run, ``fit``'s steps follow the run's
-earlier ones. With ``capture=False`` the steps are Lightning's ``global_step``, shifted the same way.
+``trainer.global_step`` for one optimizer without skipped (AMP inf/NaN) steps. In a joined run,
+``fit``'s steps follow the run's earlier ones. With ``capture=False`` the steps are Lightning's
+``global_step``, shifted the same way.
+
+Resuming: whenever Lightning saves a checkpoint during ``fit`` (``ModelCheckpoint``,
+``trainer.save_checkpoint``), the callback first makes sure the run's log holds everything
+recorded so far, then writes ``<checkpoint file>.autolog.json`` beside it (``{"run_id",
+"project", "run_path", "step", "log_offset"}``). ``fit(ckpt_path=<that file>)`` (or "last") then
+continues that run at the checkpoint's global step: the earlier attempt's points at steps >= it
+that were recorded after the checkpoint are superseded, those recorded before it (the epoch's
+and validation's values at that step) stay. A checkpoint without the file starts a new run at
+step 0 (its steps follow Lightning's global_step shifted to start there); so does one whose run
+is gone, with a note on stderr. ``resume=`` given to the callback wins. TensorBoard's purge works
+by step: in a TensorBoard sink, values recorded at the checkpoint's step before it are dropped.
 """
 from __future__ import annotations
 
 import importlib
 import os
-import sys
 import warnings
 from typing import Any, Iterable, Mapping
 
@@ -65,16 +75,14 @@ import torch
 
 import autolog
 
-from autolog import api
 from autolog.capture.patches import session as capture_session
 from autolog.core.config import flatten
-from autolog.core.run import Run, current, finish_for_exception
-from autolog.core.settings import DEFAULT_SINKS, ENV
+from autolog.core.run import current
+from autolog.integrations import _trainer as trainer_mod
 
 __all__ = ["AutologCallback"]
 
 _STAGES = ("fit", "validate", "test")
-_WATCH = ("gradients", "parameters", "all", None)
 
 
 def _callback_bases() -> tuple[type, ...]:
@@ -111,12 +119,8 @@ class AutologCallback(*_callback_bases()):  # type: ignore[misc]
                  redact: Iterable[Any] | None = None, mode: str | None = None,
                  watch: str | None = "gradients", watch_options: Mapping[str, Any] | None = None,
                  **run_options: Any) -> None:
-        if watch not in _WATCH:
-            raise ValueError(f"AutologCallback: watch: expected one of {_WATCH}, got {watch!r}")
-        if watch_options is not None and not isinstance(watch_options, Mapping):
-            raise TypeError(f"AutologCallback: watch_options: expected a dict, got {type(watch_options).__name__}")
-        self.run_options: dict[str, Any] = dict(
-            project=project, name=name, dir=None if dir is None else os.fspath(dir), sinks=sinks,
+        self.run_options: dict[str, Any] = trainer_mod.run_options(
+            "AutologCallback", watch, watch_options, project=project, name=name, dir=dir, sinks=sinks,
             log_every=log_every, config=config, tags=tags, capture=capture, redact=redact, mode=mode,
             **run_options)
         self.watch = watch
@@ -132,13 +136,13 @@ class AutologCallback(*_callback_bases()):  # type: ignore[misc]
         self._batch_step: int | None = None
         self._batch_global: int | None = None
         self._tail_step: int | None = None
-        self._reported = False
+        self._marker: tuple[str, int] | None = None  # the checkpoint saved at this epoch's end, if any
 
     def __getstate__(self) -> dict[str, Any]:
         """Picklable (``strategy="ddp_spawn"`` sends callbacks to its workers): the options only."""
         state = self.__dict__.copy()
         state.update(run=None, _stage=None, _owned=False, _records=False, _counting=False, _seen={},
-                     _step_names=set(), _batch_step=None, _batch_global=None, _tail_step=None)
+                     _step_names=set(), _batch_step=None, _batch_global=None, _tail_step=None, _marker=None)
         return state
 
     # ------------------------------------------------------------------ lifecycle
@@ -148,22 +152,40 @@ class AutologCallback(*_callback_bases()):  # type: ignore[misc]
             return
         _warn_default_logger(trainer)
         options = dict(self.run_options)
-        extra = options.pop("config")
-        if options["log_every"] is None and not os.environ.get(ENV["log_every"], "").strip():
-            every = getattr(trainer, "log_every_n_steps", 0)
-            if isinstance(every, int) and every > 0:
-                options["log_every"] = every
-        if options["sinks"] is None and not os.environ.get(ENV["sinks"], "").strip() \
-                and getattr(trainer, "progress_bar_callback", None) is not None:
-            options["sinks"] = tuple(name for name in DEFAULT_SINKS if name != "console")  # one live bar
-        outer = current()
-        api.run(config=_config(trainer, pl_module, extra), **options)  # joins `outer` when there is one
-        self.run = current()
-        self._stage, self._owned = stage, outer is None
-        self._records = isinstance(self.run, Run) and getattr(self.run, "is_follower", False) is not True
+        checkpoint = _restoring_checkpoint() if stage == "fit" else None
+        resuming = checkpoint is not None and options.get("resume") is None and current() is None \
+            and trainer_mod.read_marker(checkpoint) is not None
+        if resuming:  # the run, the step and the log position come from the checkpoint's marker
+            options["resume"] = os.fspath(checkpoint)
+        self.run, self._owned, self._records = trainer_mod.open_run(
+            options, _config(trainer, pl_module, self.run_options["config"]),
+            log_every=getattr(trainer, "log_every_n_steps", 0),
+            progress_bar=getattr(trainer, "progress_bar_callback", None) is not None, fallback=resuming)
+        self._stage = stage
         # autolog's capture counts the run's optimizer steps (run._capture is set by autolog.capture)
         self._counting = getattr(self.run, "_capture", None) is not None
         self._seen, self._step_names, self._offset, self._batch_step, self._tail_step = {}, set(), 0, None, None
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        """Everything recorded so far goes to the run's log, and ``<checkpoint>.autolog.json``
+        (this run, the global step, the log's size) is written beside the checkpoint file, so that
+        ``fit(ckpt_path=<checkpoint>)`` continues this run there."""
+        if not self._records or self._stage != "fit":
+            return
+        filepath = _saving_to()
+        if filepath is not None:
+            self._mark(filepath, trainer.global_step)
+            # Saved at an epoch's end: the epoch's aggregates reach trainer.logged_metrics only after
+            # this; they are read at the next epoch start, which then moves the marker past them.
+            self._marker = (filepath, trainer.global_step)
+
+    def _mark(self, filepath: str, step: int) -> None:
+        try:
+            self.run.flush(wait="log")
+            trainer_mod.write_marker(os.path.dirname(filepath) or ".", self.run, step,
+                                     file=f"{filepath}.{trainer_mod.MARKER}")
+        except Exception as exc:  # noqa: BLE001 -- a checkpoint must never fail because of autolog
+            trainer_mod.report_once("AutologCallback", self.run, "checkpoint", exc, "mark the checkpoint")
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         if self._stage == "fit" and self.watch is not None:
@@ -180,17 +202,8 @@ class AutologCallback(*_callback_bases()):  # type: ignore[misc]
         """Finish the run we started (a joined run ends with its owner), with `exc`'s status."""
         if self._stage is None:
             return
-        run, owned = self.run, self._owned
         self._stage, self._records, self._seen = None, False, {}
-        try:
-            if owned:
-                finish_for_exception(run, exc)
-                _say_where(run)
-            elif isinstance(exc, KeyboardInterrupt):
-                # Lightning turns Ctrl-C into sys.exit(1), which the owner would record as "failed".
-                run.finish("interrupted", exc)
-        except Exception as err:  # noqa: BLE001 -- the user's exception (if any) must stay the story
-            print(f"autolog: AutologCallback could not end the run: {type(err).__name__}: {err}", file=sys.stderr)
+        trainer_mod.end_run("AutologCallback", self.run, self._owned, exc)
 
     # ------------------------------------------------------------------ steps
     def _now(self, trainer: Any) -> int:
@@ -233,6 +246,9 @@ class AutologCallback(*_callback_bases()):  # type: ignore[misc]
         if self._records:
             self._read(trainer, self._now(trainer), tail_step=self._tail_step)
             self._tail_step = None
+            marker, self._marker = self._marker, None
+            if marker is not None and marker[1] == trainer.global_step:  # nothing trained since the save
+                self._mark(*marker)
 
     def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
         self._eval_start(trainer, "validate")
@@ -291,14 +307,7 @@ class AutologCallback(*_callback_bases()):  # type: ignore[misc]
             if step is not None and (fresh or extra):
                 self.run.log({**(extra or {}), **fresh}, step=step)
         except Exception as exc:  # noqa: BLE001 -- never break the user's training
-            if not self._reported:
-                self._reported = True
-                detail = f"{type(exc).__name__}: {exc}"
-                meta = getattr(self.run, "meta", None)
-                if isinstance(meta, dict):
-                    meta.setdefault("capture_errors", {})["lightning"] = detail
-                print(f"autolog: AutologCallback could not record Lightning's metrics; training goes on. "
-                      f"{detail}", file=sys.stderr)
+            trainer_mod.report_once("AutologCallback", self.run, "lightning", exc, "record Lightning's metrics")
 
     def _fresh(self, logged: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         fresh = {}
@@ -312,20 +321,16 @@ class AutologCallback(*_callback_bases()):  # type: ignore[misc]
         return fresh
 
 
-def _say_where(run: Any) -> None:
-    """When the callback's own run ends (fit, or a validate/test of its own): one line on stderr
-    saying where it went, ``autolog: run '<name>' <status>: <path>``, unless the console sink is
-    on (its summary says it). Nothing on ranks other than 0, nothing when disabled."""
-    if not isinstance(run, Run) or run.is_follower or _console_is_on(run):
-        return
-    print(f"autolog: run '{run.name}' {run.status}: {run.path}", file=sys.stderr)
+def _restoring_checkpoint() -> str | None:
+    """The checkpoint ``fit`` restores (``ckpt_path``, resolved by Lightning), from setup."""
+    path = trainer_mod.caller_local("ckpt_path", "_run")
+    return os.fspath(path) if isinstance(path, (str, os.PathLike)) and os.path.isfile(path) else None
 
 
-def _console_is_on(run: Run) -> bool:
-    from autolog.sinks.console import ConsoleSink
-
-    return any(sink == "console" or isinstance(sink, ConsoleSink)
-               or (isinstance(sink, type) and issubclass(sink, ConsoleSink)) for sink in run.settings.sinks)
+def _saving_to() -> str | None:
+    """The file ``Trainer.save_checkpoint`` is writing, from on_save_checkpoint."""
+    path = trainer_mod.caller_local("filepath", "save_checkpoint")
+    return os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
 
 
 def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -118,8 +118,10 @@ class Follower:
 
     def __init__(self, sink: Sink, info: RunInfo, positions: Positions, report: Callable[[str, str, BaseException], None],
                  start: int = 0, entry: dict[str, Any] | None = None,
-                 note: Callable[[str], None] | None = None) -> None:
+                 note: Callable[[str], None] | None = None,
+                 keep: Callable[[Batch, int], Batch] | None = None) -> None:
         self.sink, self.info, self.report, self.note = sink, info, report, note
+        self.keep = keep  # what of a batch read from the file (and ending there) to deliver
         self.log_path = os.path.join(info.path, store.EVENTS_FILE)
         self.positions = positions
         self.entry = entry if entry is not None else positions.add(sink, start, info.mode)
@@ -257,6 +259,8 @@ class Follower:
                 if end > limit or self.abandoned:
                     break
                 self.from_log += 1
+                if self.keep is not None:
+                    batch = self.keep(batch, end)
                 self._deliver(opened, media_mod.load_media(batch, self.info.path, self.note))
                 self._advance(end)
                 with self.cond:

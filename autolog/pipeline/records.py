@@ -24,7 +24,9 @@ class RunInfo:
     meta: dict[str, Any]
     tags: tuple[str, ...] = ()
     mode: str | None = None  # "offline" is honoured by sinks that know it
-    resumed: bool = False  # True when `autolog sync` continues a sink's earlier output: append to it
+    resumed: bool = False  # True when `autolog sync` continues a sink's earlier output, or a resumed
+    # run (``autolog.run(resume=...)``) a new attempt of it: append to it
+    resume_step: int | None = None  # a resumed run's new attempt supersedes the points at steps >= this
 
 
 @dataclasses.dataclass(frozen=True)

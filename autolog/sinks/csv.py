@@ -33,7 +33,8 @@ class CSVSink(Sink):
 
     path: the file; ``None`` means ``<run dir>/metrics.csv``, a relative path is taken relative
     to the run directory. An existing file at that path is replaced when the run opens (appended
-    to when `autolog sync` resumes this sink: ``RunInfo.resumed``).
+    to when `autolog sync` resumes this sink or a resumed run continues it: ``RunInfo.resumed``;
+    a run resumed at ``resume_step`` N first drops the file's rows at steps >= N).
 
     Histograms, media and config are not written (the local store and TensorBoard keep them).
     """
@@ -52,6 +53,8 @@ class CSVSink(Sink):
         self.path = os.path.join(run.path, os.path.expanduser(path))
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         append = run.resumed and os.path.exists(self.path) and os.path.getsize(self.path) > 0
+        if append and run.resume_step is not None:
+            _rewind(self.path, run.resume_step)
         self._file = open(self.path, "a" if append else "w", encoding="utf-8", newline="")
         self._writer = csv.writer(self._file, lineterminator="\n")
         if not append:
@@ -79,3 +82,21 @@ class CSVSink(Sink):
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _rewind(path: str, step: int) -> None:
+    """Keep only the rows below `step` (a resumed run supersedes the rest), atomically."""
+    with open(path, encoding="utf-8", newline="") as src:
+        rows = list(csv.reader(src))
+    tmp = f"{path}.rewind"
+    with open(tmp, "w", encoding="utf-8", newline="") as out:
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerows(row for i, row in enumerate(rows) if i == 0 or (row and _step_below(row[0], step)))
+    os.replace(tmp, path)
+
+
+def _step_below(cell: str, step: int) -> bool:
+    try:
+        return int(cell) < step
+    except ValueError:
+        return True  # not a step: kept as it was

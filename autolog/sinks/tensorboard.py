@@ -239,7 +239,12 @@ class TensorBoardSink(Sink):
         logdir = self._logdir(run)
         self._writer = EventFileWriter(logdir, max_queue_size=self.max_queue,
                                        flush_secs=self.flush_secs)
-        self._add(text_summary("config", markdown_table(self._config)), 0, time.time())
+        if run.resume_step is not None:
+            # A resumed run: TensorBoard's own purge (what SummaryWriter(purge_step=N) writes) makes
+            # it drop what earlier event files hold at steps >= N, so the charts line up.
+            self._writer.add_event(event_pb2.Event(step=int(run.resume_step), wall_time=time.time(),
+                                                   session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+        self._add(text_summary("config", markdown_table(self._config)), run.resume_step or 0, time.time())
         self._writer.flush()
 
     def write(self, batch: Batch) -> None:

@@ -180,6 +180,8 @@ class WandbSink(Sink):
             "reinit": "create_new",
             "settings": settings,
         }
+        if run.resumed and run.meta.get("attempts"):
+            args["resume"] = "allow"  # a resumed run goes on in its W&B run (offline: `wandb sync` later)
         args.update(extra)
         return args
 

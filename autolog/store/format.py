@@ -361,7 +361,11 @@ def _iter_v1(data: bytes, start: int, stats: ScanStats) -> Iterator[tuple[Record
 class LogArrays:
     """Everything intact in a log file, in log order, as columns: scalars as parallel arrays
     (``keys`` indexes ``names``), histograms as (item header, edges, counts), media as their
-    index entries; `stats` says what the scan met. Shared by `read_run` and the replay."""
+    index entries; `stats` says what the scan met. Shared by `read_run` and the replay.
+
+    ``ends`` (per scalar), ``histogram_ends`` and ``media_ends`` are the file offsets where each
+    one's record ends (which attempt of a resumed run wrote it); ``last_step`` is the run's step
+    at the last hand-off."""
 
     def __init__(self, path: str) -> None:
         try:
@@ -371,18 +375,25 @@ class LogArrays:
             data = b""
         self.stats = ScanStats()
         index: dict[str, int] = {}
-        parts: tuple[list, list, list, list] = ([], [], [], [])
+        parts: tuple[list, list, list, list, list] = ([], [], [], [], [])
         self.histograms: list[tuple[dict[str, Any], list[float], list[float]]] = []
         self.media: list[dict[str, Any]] = []
-        for record, _end in iter_records(data, 0, self.stats):
+        self.histogram_ends: list[int] = []
+        self.media_ends: list[int] = []
+        self.last_step = 0
+        for record, end in iter_records(data, 0, self.stats):
             if len(record.keys):
                 remap = np.asarray([index.setdefault(n, len(index)) for n in record.names], dtype=np.int64)
-                for part, array in zip(parts, (remap[record.keys], record.steps, record.values, record.walls)):
+                for part, array in zip(parts, (remap[record.keys], record.steps, record.values, record.walls,
+                                               np.full(len(record.keys), end, dtype=np.int64))):
                     part.append(array)
             self.histograms.extend(record.histograms)
             self.media.extend(record.media)
+            self.histogram_ends.extend([end] * len(record.histograms))
+            self.media_ends.extend([end] * len(record.media))
+            self.last_step = record.step
         self.names = list(index)
-        empty = (np.int64, np.int64, np.float64, np.float64)
-        self.keys, self.steps, self.values, self.walls = (
+        empty = (np.int64, np.int64, np.float64, np.float64, np.int64)
+        self.keys, self.steps, self.values, self.walls, self.ends = (
             np.concatenate(part).astype(dtype, copy=False) if part else np.zeros(0, dtype=dtype)
             for part, dtype in zip(parts, empty))

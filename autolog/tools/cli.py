@@ -15,11 +15,10 @@ import os
 import sys
 from typing import Any, Sequence
 
-from autolog.store.reader import RunData, list_runs, read_run
+from autolog.store.reader import RunData, RunLookupError, find_run, list_runs, read_run
 
 
 EXIT_ERROR, EXIT_USAGE, EXIT_CLOSED_PIPE = 1, 2, 128 + 13  # 13: SIGPIPE
-MAX_CANDIDATES = 10  # runs listed when a reference is ambiguous
 
 
 class CommandError(Exception):
@@ -34,20 +33,10 @@ def resolve_run(ref: str, dir: str | None) -> RunData:
     """The one run `ref` names, for every subcommand: a run directory, an exact run id, the name
     of exactly one run, or a prefix of exactly one run id. Several matches are an error listing
     them (exit 2): never a silent pick. None is an error (exit 1)."""
-    if os.path.isdir(ref) and os.path.isfile(os.path.join(ref, "run.json")):
-        return read_run(ref)
-    runs = list_runs(dir)
-    for matches in ([r for r in runs if r.id == ref], [r for r in runs if r.name == ref],
-                    [r for r in runs if r.id.startswith(ref)]):
-        if len(matches) == 1:
-            return matches[0]
-        if matches:
-            shown = "\n".join(f"  {r.id}  {r.project}  {r.status}  {r.name}" for r in matches[:MAX_CANDIDATES])
-            more = f"\n  ... and {len(matches) - MAX_CANDIDATES} more" if len(matches) > MAX_CANDIDATES else ""
-            raise CommandError(f"{ref!r} matches {len(matches)} runs; give more of the id:\n{shown}{more}",
-                               EXIT_USAGE)
-    where = dir or os.environ.get("AUTOLOG_DIR") or "runs"
-    raise CommandError(f"no run {ref!r} under {where} ({len(runs)} runs there; `autolog list` shows them)")
+    try:
+        return find_run(ref, dir)
+    except RunLookupError as exc:
+        raise CommandError(str(exc), EXIT_USAGE if exc.candidates else EXIT_ERROR) from None
 
 
 _find = resolve_run  # the name the replay/sync commands use

@@ -38,11 +38,13 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from autolog.pipeline.follower import POSITIONS_FILE, Follower, Positions, build_sink
-from autolog.pipeline.records import RunInfo, RunResult
+from autolog.pipeline.records import Batch, RunInfo, RunResult
 from autolog.sinks import Sink, available_sinks, sink_class, unknown_sink_message
 from autolog.store import format as store
-from autolog.store.reader import RunData
+from autolog.store.reader import RunData, attempt_bounds, superseded
 
 __all__ = ["replay", "sync", "run_info", "run_result", "STATUS_MAP", "ReplayError"]
 
@@ -66,6 +68,26 @@ def run_result(run: RunData) -> RunResult:
     """How the run ended, with its status mapped by `STATUS_MAP`."""
     return RunResult(status=STATUS_MAP.get(run.status, "failed"), summary=dict(run.summary),
                      meta=dict(run.meta), config=dict(run.config), series=frozenset(run.metrics))
+
+
+def current_view(run: RunData) -> Callable[[Batch, int], Batch] | None:
+    """For a resumed run: a filter leaving out of each batch read from the log (and the offset
+    where it ends) the points a later attempt superseded, so that a replay writes the run as
+    `read_run` reads it; None for a run never resumed."""
+    bounds = attempt_bounds(run.meta)
+    if not bounds:
+        return None
+
+    def keep(batch: Batch, end: int) -> Batch:
+        def gone(steps: list[int]) -> list[bool]:
+            return superseded(bounds, np.asarray(steps, dtype=np.int64), np.full(len(steps), end, dtype=np.int64)).tolist()
+
+        batch.scalars = [p for p, out in zip(batch.scalars, gone([p[1] for p in batch.scalars])) if not out]
+        batch.histograms = [h for h, out in zip(batch.histograms, gone([h.step for h in batch.histograms])) if not out]
+        batch.media = [m for m, out in zip(batch.media, gone([m.step for m in batch.media])) if not out]
+        return batch
+
+    return keep
 
 
 def _log_path(run: RunData) -> str:
@@ -94,8 +116,9 @@ def _follow(run: RunData, items: list[tuple[str, Sink, dict[str, Any], int]], in
 
     end = _log_size(run)
     followers = {}
+    keep = current_view(run)
     for label, sink, entry, start in items:
-        follower = Follower(sink, info, positions, report, start=start, entry=entry, note=note)
+        follower = Follower(sink, info, positions, report, start=start, entry=entry, note=note, keep=keep)
         follower.log_grew(end)
         follower.finish(result)
         followers[label] = follower
