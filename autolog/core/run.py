@@ -525,6 +525,28 @@ class Run:
         name = validate.name(name, "autolog.log_text")
         self._media("text", name, self._redactor.text(validate.text(text, f"autolog.log_text {name!r}")), step)
 
+    def backend(self, name: str, timeout: float | None = None) -> Any:
+        """The backend object of the run's sink called `name`, for what autolog does not wrap:
+        ``"tensorboard"`` gives a ``torch.utils.tensorboard.SummaryWriter`` writing its own event
+        file into the sink's log directory, ``"wandb"`` the sink's W&B run; None when the run has
+        no such sink (or it has none, or could not open within `timeout` seconds, default the
+        run's ``close_timeout``), on ranks other than 0, and in disabled runs.
+
+        Everything you call on it runs on your thread at its own cost, at once: it does not go
+        through the run's log (so ``autolog sync`` cannot replay it) and it converts tensors
+        the way that library does (a ``.cpu()``, a device sync, per call). See the README's
+        "Coming from TensorBoard, W&B or Lightning" for what is safe to call on each.
+        """
+        if not isinstance(name, str):
+            raise TypeError(f"Run.backend: expected a sink name (str), got {type(name).__name__}")
+        for follower in getattr(self.pipeline, "followers", ()):
+            if follower.sink.name == name:
+                wait = self.settings.close_timeout if timeout is None else timeout
+                if not follower.opened.wait(wait):
+                    return None
+                return follower.sink.backend()
+        return None
+
     def update_config(self, values: Mapping[str, Any] | Any) -> None:
         """Add or change config entries during the run (flattened and redacted like the rest)."""
         flat = self._redactor.config(config_mod.flatten(values))
