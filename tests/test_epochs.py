@@ -299,3 +299,29 @@ def test_sync_dist_reduces_epoch_aggregates_across_ranks(tmp_path):
     # per rank the epoch mean of rank*10 + epoch*100 + (0, 1, 2); the mean over ranks of those
     assert [v for _, v in m["v"]] == [pytest.approx(e * 100 + 1 + 5) for e in range(2)]
     assert [v for _, v in m["hi"]] == [3.0, 3.0]  # max over ranks of max(rank + i)
+
+
+def test_autolog_frames_in_a_dataloader_error_are_as_the_readme_says(tmp_path):
+    class Boom(DataLoader):
+        def _get_iterator(self):
+            raise RuntimeError("cannot start")
+
+    class BadData(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            raise KeyError(i)
+
+    def frames(exc):
+        root = os.path.dirname(autolog.__file__) + os.sep
+        return [f"{os.path.basename(f.filename)}:{f.name}" for f in
+                __import__("traceback").extract_tb(exc.__traceback__) if f.filename.startswith(root)]
+
+    with autolog.run(project="ep", dir=str(tmp_path), sinks=["local"]):
+        with pytest.raises(RuntimeError, match="cannot start") as info:
+            iter(Boom(_data()))
+        assert frames(info.value) == ["patches.py:_loader_iter"]
+        with pytest.raises(KeyError) as info:
+            next(iter(DataLoader(BadData(), batch_size=2)))
+        assert frames(info.value) == []  # next() is never wrapped

@@ -400,8 +400,9 @@ class Run:
             return
         if on_epoch:  # aggregated on the device; recorded when the epoch ends (`epoch_end`)
             add = self._epochs.add
-            for name, v in items:
-                add(name, v, reduce, on_step, logger, prog_bar, sync_dist)
+            with self._buffer._lock:  # `log` may be called from any thread
+                for name, v in items:
+                    add(name, v, reduce, on_step, logger, prog_bar, sync_dist)
             if not on_step:
                 return
             items = [(f"{name}_step", v) for name, v in items]
@@ -476,12 +477,14 @@ class Run:
     def _close_epoch(self) -> None:
         """Record the epoch's aggregates at its last step; the next epoch begins here."""
         epochs = self._epochs
-        last = self._step - 1 if self._step > epochs.start_step else self._step
+        with self._buffer._lock:
+            last = self._step - 1 if self._step > epochs.start_step else self._step
+            closed = epochs.close()
+            epochs.start_step = self._step
+            epochs.ended = False
         wall = time.time()
-        for name, agg, value in epochs.close():
+        for name, agg, value in closed:
             self._put([(name, value)], last, wall, agg.logger, agg.prog_bar, agg.sync_dist, agg.op)
-        epochs.start_step = self._step
-        epochs.ended = False
 
     def _media(self, kind: str, name: str, data: Any, step: int | None) -> None:
         what = f"autolog.log_{kind}"
