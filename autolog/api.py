@@ -172,8 +172,10 @@ def log(data: Mapping[str, Any] | str, value: Any = None, *, step: int | None = 
     - on_step: record the value at its step (`step`, default the run's current step).
     - on_epoch: also aggregate the epoch's values with `reduce` ("mean" -- the plain mean of the
       values logged, not weighted by batch size --, "sum", "max" or "min"), on the values' device,
-      and record the result at the epoch's last step when the epoch ends (the training
-      DataLoader's next pass, `autolog.epoch_end()`, or the run's end). With both, the names are
+      and record the result when the epoch ends (the training DataLoader's next pass,
+      `autolog.epoch_end()`, or the run's end) at the step of the name's last value in the
+      epoch (logged before ``optimizer.step()``, as in Lightning's ``training_step``: the
+      epoch's last step, where Lightning records it). With both, the names are
       ``<name>_step`` and ``<name>_epoch``; with `on_epoch` alone, ``<name>``. A name keeps one
       `reduce` within an epoch.
     - prog_bar: show the value on the console's progress bar too.
@@ -208,8 +210,8 @@ def log_histogram(name: str, values: Any, step: int | None = None, bins: int = 6
 def epoch_end() -> None:
     """End the current epoch of the open run, for loops the DataLoader detection does not see.
 
-    The values logged with ``on_epoch=True`` since the last epoch end are recorded at the
-    epoch's last step, the epoch index moves on, and the ``epoch`` series (the epoch index at
+    The values logged with ``on_epoch=True`` since the last epoch end are recorded (each at
+    the step of its last value), the epoch index moves on, and the ``epoch`` series (the epoch index at
     every step, as Lightning records it) starts if it had not. Runs whose training reads a
     ``torch.utils.data.DataLoader`` need no call: each new pass over that loader begins an epoch
     (see the README's "Epochs"); a call just before the loader's next pass ends that epoch once.

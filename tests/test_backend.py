@@ -62,3 +62,5 @@ def test_no_backend_is_none(tmp_path):
             run.backend(WandbSink)
     with autolog.run(project="b", dir=str(tmp_path), sinks=["tensorboard"], mode="disabled") as off:
         assert off.backend("tensorboard") is None
+        assert off.epoch == 0
+        off.epoch_end()  # a no-op

@@ -70,7 +70,8 @@ def test_epoch_aggregates_match_hand_computations(tmp_path):
 
     run, _ = _train(tmp_path, epochs=3, body=body)
     m = autolog.read_run(run.path).metrics
-    last = [BATCHES * (e + 1) - 1 for e in range(3)]  # each epoch's last step
+    # logged after optimizer.step(): at the step count then; each aggregate at its last value's
+    last = [BATCHES * (e + 1) for e in range(3)]
     assert [s for s, _ in m["train/mse_epoch"]] == last
     assert [v for _, v in m["train/mse_epoch"]] == pytest.approx([sum(logged[e]) / BATCHES for e in range(3)])
     assert m["max"] == [(s, pytest.approx(max(logged[e]))) for e, s in enumerate(last)]
@@ -79,6 +80,29 @@ def test_epoch_aggregates_match_hand_computations(tmp_path):
     # per step under <name>_step (logged after optimizer.step: at the step count then)
     assert [v for _, v in m["train/mse_step"]] == pytest.approx([v for e in range(3) for v in logged[e]])
     assert "train/mse" not in m
+
+
+def test_values_logged_before_the_step_aggregate_at_the_epochs_last_step_as_in_lightning(tmp_path):
+    """Lightning's training_step logs before optimizer.step(); its epoch values sit at the
+    epoch's last step. The same loop order gives the same steps here."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    hand: dict = {}
+    dataset = _data()
+    with autolog.run(project="ep", dir=str(tmp_path), sinks=["local"]) as run:
+        for epoch in range(2):
+            for x, y in DataLoader(dataset, batch_size=4):  # a new loader each epoch, one dataset
+                loss = torch.nn.functional.mse_loss(model(x), y)
+                autolog.log("loss", loss.detach(), on_step=True, on_epoch=True)  # training_step
+                hand.setdefault(epoch, []).append(loss.item())
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    m = autolog.read_run(run.path).metrics
+    assert m["epoch"] == [(s, float(s // BATCHES)) for s in range(2 * BATCHES)]
+    assert [s for s, _ in m["loss_step"]] == list(range(2 * BATCHES))
+    assert m["loss_epoch"] == [(BATCHES * (e + 1) - 1, pytest.approx(sum(hand[e]) / BATCHES)) for e in range(2)]
 
 
 def test_validation_loaders_do_not_count_and_their_values_aggregate_into_the_epoch(tmp_path):
@@ -100,7 +124,7 @@ def test_validation_loaders_do_not_count_and_their_values_aggregate_into_the_epo
     run, _ = _train(tmp_path, epochs=2, validate=validate)
     m = autolog.read_run(run.path).metrics
     assert m["epoch"] == [(s, float(s // BATCHES)) for s in range(2 * BATCHES)]
-    assert m["val/loss"] == [(BATCHES * (e + 1) - 1, pytest.approx(sum(hand[e]) / 2)) for e in range(2)]
+    assert m["val/loss"] == [(BATCHES * (e + 1), pytest.approx(sum(hand[e]) / 2)) for e in range(2)]
 
 
 def test_sanity_validation_before_training_is_not_the_training_loader(tmp_path):
@@ -142,8 +166,8 @@ def test_epoch_end_marks_epochs_without_a_dataloader(tmp_path):
     m = autolog.read_run(run.path).metrics
     # the series starts at the first epoch_end, from the epoch's first step
     assert m["epoch"] == [(s, float(s // 4)) for s in range(8)]
-    assert m["l"] == [(3, pytest.approx(sum(values[:4]) / 4)), (7, pytest.approx(sum(values[4:]) / 4))]
-    assert m["tail"] == [(8, 1.0)]  # no step in that epoch: at the run's step
+    assert m["l"] == [(4, pytest.approx(sum(values[:4]) / 4)), (8, pytest.approx(sum(values[4:]) / 4))]
+    assert m["tail"] == [(8, 1.0)]
 
 
 def test_epoch_end_before_the_loaders_next_pass_ends_the_epoch_once(tmp_path):
@@ -154,7 +178,7 @@ def test_epoch_end_before_the_loaders_next_pass_ends_the_epoch_once(tmp_path):
     run, _ = _train(tmp_path, epochs=3, validate=validate)
     m = autolog.read_run(run.path).metrics
     assert m["epoch"] == [(s, float(s // BATCHES)) for s in range(3 * BATCHES)]
-    assert m["per_epoch"] == [(BATCHES * (e + 1) - 1, float(e)) for e in range(3)]
+    assert m["per_epoch"] == [(BATCHES * (e + 1), float(e)) for e in range(3)]
     assert run.epoch == 3
 
 
@@ -325,3 +349,23 @@ def test_autolog_frames_in_a_dataloader_error_are_as_the_readme_says(tmp_path):
         with pytest.raises(KeyError) as info:
             next(iter(DataLoader(BadData(), batch_size=2)))
         assert frames(info.value) == []  # next() is never wrapped
+
+
+def test_a_no_grad_pass_over_the_training_loader_is_no_epoch(tmp_path):
+    def validate(model, epoch):
+        with torch.no_grad():  # the accuracy on the training set, with the training loader
+            for x, _y in validate.train:
+                model(x)
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    validate.train = train = DataLoader(_data(), batch_size=4)
+    with autolog.run(project="ep", dir=str(tmp_path), sinks=["local"]) as run:
+        for epoch in range(2):
+            for x, y in train:
+                opt.zero_grad()
+                torch.nn.functional.mse_loss(model(x), y).backward()
+                opt.step()
+            validate(model, epoch)
+    assert autolog.read_run(run.path).metrics["epoch"] == [(s, float(s // BATCHES)) for s in range(2 * BATCHES)]

@@ -4,12 +4,13 @@
 capture; each call in a capturing run is `LoaderEpochs.on_iter` -- once per pass over a loader,
 never per batch, so the training step pays nothing for it.
 
-The training loader is the last loader whose pass began with gradients enabled before the run's
-first completed step (a loader iterated under ``torch.no_grad()`` or ``inference_mode`` -- a
-validation loop -- is never it). From then on each new pass over that loader ends the epoch and
-begins the next; the first pass began epoch 0. Other loaders (validation, test) never count.
-A framework that hands its batches to the capture (Lightning's callback) counts its own epochs:
-then no loader is followed.
+The training loader is the loader whose pass began last before a step of the run completes
+(it is chosen at that step). A pass begun under ``torch.no_grad()`` or ``inference_mode`` (a
+validation loop, the accuracy on the training set) never counts. From then on each new pass
+over that loader -- or over another loader of the same dataset object, for loops that build
+their DataLoader every epoch -- ends the epoch and begins the next; the first pass began epoch
+0. Other loaders (validation, test) never count. A framework that hands its batches to the
+capture (Lightning's callback) counts its own epochs: then no loader is followed.
 """
 from __future__ import annotations
 
@@ -25,31 +26,41 @@ class LoaderEpochs:
     def __init__(self, run: Any) -> None:
         self.run = run
         self.loader: weakref.ref | None = None  # the training loader, once known
-        self.candidate: tuple[weakref.ref, int] | None = None  # (loader, run step at its pass)
+        self.dataset: weakref.ref | None = None  # its dataset (a loader made anew each epoch)
+        self.candidate: tuple[weakref.ref, weakref.ref | None, int] | None = None  # (loader, dataset, step)
         self.off = False  # a framework counts the epochs itself
-
-    @property
-    def pending(self) -> bool:
-        """A candidate waits for the run's first step to become the training loader."""
-        return self.candidate is not None and self.loader is None
 
     def on_iter(self, loader: Any) -> None:
         """`loader.__iter__` was called in the run (a new pass begins)."""
-        if self.off:
-            return
+        if self.off or not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
+            return  # a pass under no_grad (validation, or accuracy on the training set) never counts
         if self.loader is not None:
-            if self.loader() is loader:
+            if self.loader() is loader or _same_dataset(self.dataset, loader):
                 self.run._epoch_begins()
             return
-        if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
-            self.candidate = (weakref.ref(loader), self.run.step)
+        # the dataset too: a loader made in the `for` statement is gone once its iterator is
+        self.candidate = (weakref.ref(loader), _dataset_ref(loader), self.run.step)
 
     def on_step(self) -> None:
         """The run's step is completing (before it advances): the candidate is the training
         loader; its first pass began epoch 0."""
-        ref, step = self.candidate
+        ref, dataset, step = self.candidate
         self.candidate = None
-        if self.off or ref() is None:
+        if self.off or (ref() is None and (dataset is None or dataset() is None)):
             return
-        self.loader = ref
+        self.loader, self.dataset = ref, dataset
         self.run._epoch_begins(start_step=step)
+
+
+def _dataset_ref(loader: Any) -> weakref.ref | None:
+    try:
+        return weakref.ref(loader.dataset)
+    except (AttributeError, TypeError):  # no dataset, or one that takes no weak reference
+        return None
+
+
+def _same_dataset(ref: weakref.ref | None, loader: Any) -> bool:
+    if ref is None:
+        return False
+    dataset = ref()
+    return dataset is not None and getattr(loader, "dataset", None) is dataset

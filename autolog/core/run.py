@@ -398,18 +398,22 @@ class Run:
                 self._epochs.check(name, reduce)
         if self._finished or self._forked or not items or (self.is_follower and not sync_dist):
             return
+        if on_step:
+            step_items = [(f"{name}_step", v) for name, v in items] if on_epoch else items
+            names = [n for n, _ in step_items]
+            if "epoch" in names and not self._epochs.external:  # the user's (or a framework's) own wins
+                self._epochs.external, self._epochs.active = True, False
+            step = self._step_for(step, names)
+        elif step is None:
+            step = self._step
         if on_epoch:  # aggregated on the device; recorded when the epoch ends (`epoch_end`)
             add = self._epochs.add
             with self._buffer._lock:  # `log` may be called from any thread
                 for name, v in items:
-                    add(name, v, reduce, on_step, logger, prog_bar, sync_dist)
+                    add(name, v, step, reduce, on_step, logger, prog_bar, sync_dist)
             if not on_step:
                 return
-            items = [(f"{name}_step", v) for name, v in items]
-        names = [n for n, _ in items]
-        if "epoch" in names and not self._epochs.external:  # the user's (or a framework's) own wins
-            self._epochs.external, self._epochs.active = True, False
-        step = self._step_for(step, names)
+            items = step_items
         self._put(items, step, time.time(), logger, prog_bar, sync_dist, reduce)
         self.maybe_flush()
 
@@ -437,7 +441,7 @@ class Run:
 
     def epoch_end(self) -> None:
         """End the current epoch now: each name logged with ``on_epoch=True`` in it is recorded
-        at the epoch's last step, and the ``epoch`` series (the epoch at each step) starts or
+        at the step of its last value, and the ``epoch`` series (the epoch at each step) starts or
         goes on. For loops without a DataLoader the capture can follow (see `autolog.epoch_end`)."""
         if self._finished or self._forked:
             return
@@ -475,16 +479,17 @@ class Run:
             self._buffer.scalar("epoch", s, float(epochs.index), wall)
 
     def _close_epoch(self) -> None:
-        """Record the epoch's aggregates at its last step; the next epoch begins here."""
+        """Record the epoch's aggregates, each at the step of its last value (in a step, before
+        ``optimizer.step()`` as in Lightning's ``training_step``: the epoch's last step, where
+        Lightning records them); the next epoch begins here."""
         epochs = self._epochs
         with self._buffer._lock:
-            last = self._step - 1 if self._step > epochs.start_step else self._step
             closed = epochs.close()
             epochs.start_step = self._step
             epochs.ended = False
         wall = time.time()
         for name, agg, value in closed:
-            self._put([(name, value)], last, wall, agg.logger, agg.prog_bar, agg.sync_dist, agg.op)
+            self._put([(name, value)], agg.step, wall, agg.logger, agg.prog_bar, agg.sync_dist, agg.op)
 
     def _media(self, kind: str, name: str, data: Any, step: int | None) -> None:
         what = f"autolog.log_{kind}"
@@ -596,6 +601,7 @@ class NullRun:
     id = name = project = path = None
     status = "disabled"
     step = 0
+    epoch = 0
 
     def __init__(self) -> None:
         self.config: dict = {}

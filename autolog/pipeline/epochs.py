@@ -23,7 +23,8 @@ REDUCE = ("mean", "sum", "max", "min")
 class Aggregate:
     """The values of one name in one epoch (`op`: mean, sum, max or min)."""
 
-    __slots__ = ("op", "count", "host", "pending", "device", "on_step", "logger", "prog_bar", "sync_dist")
+    __slots__ = ("op", "count", "host", "pending", "device", "step", "on_step", "logger", "prog_bar",
+                 "sync_dist")
 
     def __init__(self, op: str, on_step: bool, logger: bool, prog_bar: bool, sync_dist: bool) -> None:
         self.op = op
@@ -31,11 +32,14 @@ class Aggregate:
         self.host: float | None = None  # the aggregate of the Python numbers
         self.pending: list[torch.Tensor] = []
         self.device: dict[torch.device, torch.Tensor] = {}  # the folded aggregate per device
+        self.step = 0  # the highest step of the values: where the aggregate is recorded
         self.on_step, self.logger, self.prog_bar, self.sync_dist = on_step, logger, prog_bar, sync_dist
 
-    def add(self, value: Any) -> None:
-        """Hot path: `value` is a float or a detached one-element tensor."""
+    def add(self, value: Any, step: int) -> None:
+        """Hot path: `value` is a float or a detached one-element tensor logged at `step`."""
         self.count += 1
+        if step > self.step:
+            self.step = step
         if type(value) is float:
             host = self.host
             if host is None:
@@ -111,12 +115,13 @@ class Epochs:
         self.start_step = 0  # the run's step when the current epoch began
         self.aggregates: dict[str, Aggregate] = {}
 
-    def add(self, name: str, value: Any, op: str, on_step: bool, logger: bool, prog_bar: bool,
+    def add(self, name: str, value: Any, step: int, op: str, on_step: bool, logger: bool, prog_bar: bool,
             sync_dist: bool) -> None:
         agg = self.aggregates.get(name)
         if agg is None:
             agg = self.aggregates[name] = Aggregate(op, on_step, logger, prog_bar, sync_dist)
-        agg.add(value)
+            agg.step = step
+        agg.add(value, step)
 
     def check(self, name: str, op: str) -> None:
         """A name keeps one reduction for the epoch: a ValueError (at the call) otherwise."""
@@ -128,7 +133,8 @@ class Epochs:
     def close(self) -> list[tuple[str, Aggregate, Any]]:
         """End the epoch: (name to record, aggregate, value) for each name logged with
         ``on_epoch=True`` in it (``name_epoch`` when it was also logged per step, else
-        ``name``, as Lightning names them); the next epoch begins."""
+        ``name``, as Lightning names them; recorded at ``aggregate.step``, the step of its last
+        value); the next epoch begins."""
         out = [(f"{name}_epoch" if agg.on_step else name, agg, agg.value())
                for name, agg in self.aggregates.items() if agg.count]
         self.aggregates = {}
