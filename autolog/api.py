@@ -180,7 +180,8 @@ def log(data: Mapping[str, Any] | str, value: Any = None, *, step: int | None = 
       `reduce` within an epoch.
     - prog_bar: show the value on the console's progress bar too.
     - logger: False shows the value on the console bar only: not stored in the run's log, nor
-      sent to any other sink (the bar is live: a bar that fell behind skips such values).
+      sent to any other sink (the bar is live: a bar that fell behind skips such values); in a
+      job of several ranks, rank 0's value (never reduced).
     - sync_dist: reduce the value across ranks with `reduce` at the next reduction point (every
       ``log_every``-th step and the run's end; see `autolog.core.distributed`); without it only
       rank 0's values are kept. An epoch aggregate is reduced the same way when it is recorded.
