@@ -212,8 +212,8 @@ def epoch_end() -> None:
     """End the current epoch of the open run, for loops the DataLoader detection does not see.
 
     The values logged with ``on_epoch=True`` since the last epoch end are recorded (each at
-    the step of its last value), the epoch index moves on, and the ``epoch`` series (the epoch index at
-    every step, as Lightning records it) starts if it had not. Runs whose training reads a
+    the step of its last value), the epoch index moves on, and the ``epoch`` series (the epoch
+    index at every step, as Lightning records it) starts if it had not. Runs whose training reads a
     ``torch.utils.data.DataLoader`` need no call: each new pass over that loader begins an epoch
     (see the README's "Epochs"); a call just before the loader's next pass ends that epoch once.
     """

@@ -1,8 +1,8 @@
 """Process-wide patches: ``torch.autograd.backward`` (which ``Tensor.backward`` calls),
 ``GradScaler.scale`` and ``GradScaler.step``, ``Optimizer.__init__`` (to know that a run has an
-optimizer), ``DataLoader.__iter__`` (a new pass over a loader: epochs), the clipping that ``torch.nn.utils.clip_grad_norm_`` does with its total norm (and
-FSDP's ``clip_grad_norm_`` once FSDP is imported), all with wrapt, and torch's global optimizer
-step pre/post hooks.
+optimizer), ``DataLoader.__iter__`` (a new pass over a loader: epochs), the clipping that
+``torch.nn.utils.clip_grad_norm_`` does with its total norm (and FSDP's ``clip_grad_norm_`` once
+FSDP is imported), all with wrapt, and torch's global optimizer step pre/post hooks.
 
 They are installed while at least one run captures (`acquire`/`release` count the runs) and
 removed exactly when the last one ends. Every wrapper first looks for an open capturing run and
