@@ -369,3 +369,48 @@ def test_a_no_grad_pass_over_the_training_loader_is_no_epoch(tmp_path):
                 opt.step()
             validate(model, epoch)
     assert autolog.read_run(run.path).metrics["epoch"] == [(s, float(s // BATCHES)) for s in range(2 * BATCHES)]
+
+
+def test_the_training_thread_never_reads_a_value_back(tmp_path, monkeypatch):
+    """Epoch detection, on_epoch aggregation and log_histogram do device work only: with every
+    way of reading a tensor back failing when autolog calls it on the training thread, the loop
+    runs and the values arrive (the writer thread does the one copy per hand-off)."""
+    import sys
+    import threading
+
+    main = threading.main_thread()
+    root = os.path.dirname(autolog.__file__) + os.sep
+
+    def refuse(name):
+        original = getattr(torch.Tensor, name)
+
+        def guarded(self, *args, **kwargs):  # called by autolog's own code on the training thread
+            if threading.current_thread() is main and sys._getframe(1).f_code.co_filename.startswith(root):
+                raise AssertionError(f"Tensor.{name} by autolog on the training thread")
+            return original(self, *args, **kwargs)
+
+        return guarded
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    losses = []
+    dataset = _data()
+    with autolog.run(project="ep", dir=str(tmp_path), sinks=["local"], log_every=2) as run:
+        with monkeypatch.context() as mp:
+            for name in ("item", "tolist", "numpy", "cpu", "__float__", "__int__", "__bool__", "__index__"):
+                mp.setattr(torch.Tensor, name, refuse(name))
+            for _epoch in range(2):
+                for x, y in DataLoader(dataset, batch_size=4):
+                    loss = torch.nn.functional.mse_loss(model(x), y)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    losses.append(loss.detach())
+                    autolog.log("l", loss.detach(), on_epoch=True, reduce="max")
+                    autolog.log_histogram("x", x)
+            run.flush()
+    m = autolog.read_run(run.path).metrics
+    assert [v for _, v in m["l_epoch"]] == pytest.approx(
+        [max(t.item() for t in losses[:BATCHES]), max(t.item() for t in losses[BATCHES:])])
+    assert len(autolog.read_run(run.path).histograms["x"]) == 2 * BATCHES
