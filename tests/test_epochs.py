@@ -185,9 +185,23 @@ def test_epoch_end_before_the_loaders_next_pass_ends_the_epoch_once(tmp_path):
 def test_a_user_epoch_series_turns_the_automatic_one_off(tmp_path):
     run, _ = _train(tmp_path, epochs=2, body=lambda m, l, epoch, i: autolog.log("epoch", float(epoch)))
     points = autolog.read_run(run.path).metrics["epoch"]
-    # the automatic point of step 0 (before the user's first call), then the user's only,
-    # logged after each optimizer step (at the step count then): never two at one step
-    assert points == [(0, 0.0)] + [(s + 1, float(s // BATCHES)) for s in range(2 * BATCHES)]
+    # the user's only, logged after each optimizer step (at the step count then): the automatic
+    # point of step 0, recorded before the user's first call, was taken back before its hand-off
+    assert points == [(s + 1, float(s // BATCHES)) for s in range(2 * BATCHES)]
+
+
+def test_a_framework_training_loop_keeps_its_own_epochs(tmp_path):
+    """A loop run from a function named as the HF Trainer's, in a module path holding
+    "transformers" (`FRAMEWORK_LOOPS`), is left to the framework: no automatic epoch series."""
+    from autolog.capture import epochs as capture_epochs
+
+    namespace: dict = {}
+    code = compile("def _inner_training_loop(fn):\n    return fn()\n",
+                   os.path.join("site-packages", "transformers", "trainer.py"), "exec")
+    exec(code, namespace)
+    assert capture_epochs.FRAMEWORK_LOOPS == (("transformers", "_inner_training_loop"),)
+    run, _ = namespace["_inner_training_loop"](lambda: _train(tmp_path, epochs=2))
+    assert "epoch" not in autolog.read_run(run.path).metrics
 
 
 def test_a_reduction_stays_the_same_within_an_epoch(tmp_path):

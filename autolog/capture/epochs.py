@@ -9,11 +9,13 @@ The training loader is the loader whose pass began last before a step of the run
 validation loop, the accuracy on the training set) never counts. From then on each new pass
 over that loader -- or over another loader of the same dataset object, for loops that build
 their DataLoader every epoch -- ends the epoch and begins the next; the first pass began epoch
-0. Other loaders (validation, test) never count. A framework that hands its batches to the
-capture (Lightning's callback) counts its own epochs: then no loader is followed.
+0. Other loaders (validation, test) never count. A framework that counts its own epochs is left
+to it: one that hands its batches to the capture (Lightning's callback), or whose training loop
+is on the stack when the loader would be chosen (the HF Trainer's, `FRAMEWORK_LOOPS`).
 """
 from __future__ import annotations
 
+import sys
 import weakref
 from typing import Any
 
@@ -48,8 +50,30 @@ class LoaderEpochs:
         self.candidate = None
         if self.off or (ref() is None and (dataset is None or dataset() is None)):
             return
+        if _framework_loop():
+            self.off = True
+            return
         self.loader, self.dataset = ref, dataset
         self.run._epoch_begins(start_step=step)
+
+
+# Training loops of frameworks that log an ``epoch`` of their own (the HF Trainer's is fractional):
+# (a module path part, the loop function's name). Looked for once per run, at the lock-in.
+FRAMEWORK_LOOPS = (("transformers", "_inner_training_loop"),)
+
+
+def _framework_loop(depth: int = 64) -> bool:
+    """Whether the step completing now runs inside a framework's training loop."""
+    frame = sys._getframe(1)
+    for _ in range(depth):
+        if frame is None:
+            return False
+        code = frame.f_code
+        for module, function in FRAMEWORK_LOOPS:
+            if code.co_name == function and module in code.co_filename:
+                return True
+        frame = frame.f_back
+    return False
 
 
 def _dataset_ref(loader: Any) -> weakref.ref | None:

@@ -402,7 +402,7 @@ class Run:
             step_items = [(f"{name}_step", v) for name, v in items] if on_epoch else items
             names = [n for n, _ in step_items]
             if "epoch" in names and not self._epochs.external:  # the user's (or a framework's) own wins
-                self._epochs.external, self._epochs.active = True, False
+                self._epochs_external()
             step = self._step_for(step, names)
         elif step is None:
             step = self._step
@@ -466,6 +466,14 @@ class Run:
             epochs.start_step = self._step
             return
         self._close_epoch()
+
+    def _epochs_external(self) -> None:
+        """The user or a framework records its own ``epoch`` series: the automatic one stops, and
+        its points still in the buffer (not yet handed off) are taken back."""
+        epochs = self._epochs
+        epochs.external, epochs.active = True, False
+        with self._buffer._lock:
+            self._buffer.scalars = [p for p in self._buffer.scalars if p[0] != "epoch"]
 
     def _activate_epochs(self, start_step: int) -> None:
         """Epochs are known from now on: the ``epoch`` series, from the epoch's first step."""
