@@ -1,5 +1,5 @@
-"""The public functions: `track`, `run`, `log`, `log_image`, `log_figure`, `log_text`,
-`current_run`, `name_optimizer`."""
+"""The public functions: `track`, `run`, `log`, `log_histogram`, `log_image`, `log_figure`,
+`log_text`, `epoch_end`, `current_run`, `name_optimizer`."""
 from __future__ import annotations
 
 import functools
@@ -166,17 +166,70 @@ def _target() -> Run | None:
 
 
 def log(data: Mapping[str, Any] | str, value: Any = None, *, step: int | None = None,
-        prog_bar: bool = False, sync_dist: bool = False, reduce: str = "mean") -> None:
-    """Record scalars in the open run: ``log({"val/acc": acc})`` or ``log("val/acc", acc)``.
+        on_step: bool = True, on_epoch: bool = False, reduce: str = "mean", prog_bar: bool = False,
+        logger: bool = True, sync_dist: bool = False) -> None:
+    """Record scalars in the open run: ``log({"val/acc": acc})``, ``log("val/acc", acc)``, or
+    ``log("performance", {"acc": acc, "recall": recall})`` (``performance/acc``,
+    ``performance/recall``, as Lightning's ``self.log`` names a dict).
 
     Values: Python/numpy numbers or one-element real tensors (kept on their device). Everything
     is checked before anything is recorded: a bad name or value raises TypeError/ValueError
     naming its key, a bad `step` (not an integer in 0..2**63-1) a ValueError naming ``step``.
     Outside a run the call is ignored with one warning.
+
+    The options mean what they mean in Lightning's ``self.log``:
+
+    - on_step: record the value at its step (`step`, default the run's current step).
+    - on_epoch: also aggregate the epoch's values with `reduce` ("mean" -- the plain mean of the
+      values logged, not weighted by batch size --, "sum", "max" or "min"), on the values' device,
+      and record the result when the epoch ends (the training DataLoader's next pass,
+      `autolog.epoch_end()`, or the run's end) at the step of the name's last value in the
+      epoch (logged before ``optimizer.step()``, as in Lightning's ``training_step``: the
+      epoch's last step, where Lightning records it). With both, the names are
+      ``<name>_step`` and ``<name>_epoch``; with `on_epoch` alone, ``<name>``. A name keeps one
+      `reduce` within an epoch.
+    - prog_bar: show the value on the console's progress bar too.
+    - logger: False shows the value on the console bar only: not stored in the run's log, nor
+      sent to any other sink (the bar is live: a bar that fell behind skips such values); in a
+      job of several ranks, rank 0's value (never reduced).
+    - sync_dist: reduce the value across ranks with `reduce` at the next reduction point (every
+      ``log_every``-th step and the run's end; see `autolog.core.distributed`); without it only
+      rank 0's values are kept. An epoch aggregate is reduced the same way when it is recorded.
     """
     active = _target()
     if active is not None:
-        active.log(data, value, step=step, prog_bar=prog_bar, sync_dist=sync_dist, reduce=reduce)
+        active.log(data, value, step=step, on_step=on_step, on_epoch=on_epoch, reduce=reduce,
+                   prog_bar=prog_bar, logger=logger, sync_dist=sync_dist)
+
+
+def log_histogram(name: str, values: Any, step: int | None = None, bins: int = 64) -> None:
+    """Record a histogram of `values` in the open run (activations, embeddings, ...).
+
+    values: a real tensor on any device (binned there, with `autolog.watch`'s kernel, at this
+    call: a few device ops, nothing read back -- the bins are copied to the host with the next
+    hand-off's one copy), a numpy array or a (nested) list of numbers. `bins` equal-width bins
+    (1..512) between the finite minimum and maximum; NaN and infinities are left out. Reaches
+    the local store (``RunData.histograms``), TensorBoard (HISTOGRAMS and DISTRIBUTIONS) and W&B.
+    `step` defaults to the run's current step. Binning at the call (not later) means changing
+    the tensor in place afterwards (an optimizer step on a weight) changes nothing recorded.
+    """
+    active = _target()
+    if active is not None:
+        active.log_histogram(name, values, step=step, bins=bins)
+
+
+def epoch_end() -> None:
+    """End the current epoch of the open run, for loops the DataLoader detection does not see.
+
+    The values logged with ``on_epoch=True`` since the last epoch end are recorded (each at
+    the step of its last value), the epoch index moves on, and the ``epoch`` series (the epoch
+    index at every step, as Lightning records it) starts if it had not. Runs whose training reads a
+    ``torch.utils.data.DataLoader`` need no call: each new pass over that loader begins an epoch
+    (see the README's "Epochs"); a call just before the loader's next pass ends that epoch once.
+    """
+    active = _target()
+    if active is not None:
+        active.epoch_end()
 
 
 def log_image(name: str, image: Any, step: int | None = None) -> None:

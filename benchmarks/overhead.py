@@ -19,7 +19,9 @@ gradient every 100 steps), wandb-offline (``wandb.init(mode="offline")``, ``run.
 log="all", log_freq=100)``, ``run.log`` of loss and lr every step; system metrics off),
 autolog-disabled (``mode="disabled"``, with ``watch``), autolog-track (loss, optimizer, step time:
 no call in the loop), autolog-watch-gradients, autolog-watch-all, each autolog one at
-``log_every=100`` with the local sink and with local + TensorBoard; and, when Lightning is
+``log_every=100`` with the local sink and with local + TensorBoard; autolog-track+epochs [local]
+(autolog-track plus ``autolog.log(loss, on_epoch=True)`` every step and an epoch end every 250
+steps: the ``epoch`` series and the device-side epoch aggregation); and, when Lightning is
 installed, lightning (the same model and optimizer as a ``LightningModule``, no logger),
 lightning+self.log (``self.log`` of the loss every step, Lightning's default logger) and
 lightning+self.log+autolog (the same with ``logger=False`` and autolog's ``AutologCallback``:
@@ -340,7 +342,14 @@ def wandb_offline(ctx: Ctx) -> Iterator[Hooks]:
         run.finish()
 
 
-def autolog_config(sinks: Sequence[str], watch: str | None = None, mode: str | None = None):
+EPOCH_STEPS = 250  # autolog-track+epochs: an epoch ends every this many steps
+
+
+def autolog_config(sinks: Sequence[str], watch: str | None = None, mode: str | None = None,
+                   epochs: bool = False):
+    """`epochs`: also ``autolog.log`` of the loss tensor with ``on_epoch=True`` every step and
+    an epoch end every `EPOCH_STEPS` steps (what a DataLoader's new pass does), so the ``epoch``
+    series and the device-side aggregation are on the hot path."""
     @contextlib.contextmanager
     def config(ctx: Ctx) -> Iterator[Hooks]:
         import autolog
@@ -359,8 +368,17 @@ def autolog_config(sinks: Sequence[str], watch: str | None = None, mode: str | N
                     assert "grad_norm/total" in metrics, sorted(metrics)
                 if watch == "all":
                     assert any(k.startswith("update_ratio/") for k in metrics), sorted(metrics)
+                if epochs:
+                    assert {"train/mse_epoch", "train/mse_step"} <= set(metrics), sorted(metrics)
 
-            yield Hooks(settle=lambda: run.flush(wait=True), check=check)
+            after_step = None
+            if epochs:
+                def after_step(step: int, loss: torch.Tensor) -> None:
+                    autolog.log("train/mse", loss.detach(), on_epoch=True)
+                    if step % EPOCH_STEPS == EPOCH_STEPS - 1:
+                        autolog.epoch_end()
+
+            yield Hooks(after_step=after_step, settle=lambda: run.flush(wait=True), check=check)
 
     return config
 
@@ -474,6 +492,7 @@ def configurations() -> list[Config]:
             Config(f"autolog-watch-gradients [{label}]", hooked(autolog_config(sinks, watch="gradients"))),
             Config(f"autolog-watch-all [{label}]", hooked(autolog_config(sinks, watch="all"))),
         ]
+    configs.append(Config("autolog-track+epochs [local]", hooked(autolog_config(["local"], epochs=True))))
     try:
         import importlib.util
 

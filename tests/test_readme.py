@@ -41,7 +41,9 @@ def test_the_readme_has_enough_runnable_blocks():
 def test_readme_block_runs_as_written(tmp_path, line, code):
     script = tmp_path / "block.py"
     script.write_text(code, encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOLOG_")}
+    # WANDB_SERVICE: W&B's token for this process's own W&B service (set once a test here used
+    # W&B); inherited, the block's W&B would talk to that service instead of starting its own
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOLOG_") and k != "WANDB_SERVICE"}
     env.update(WANDB_MODE="offline", WANDB_SILENT="true", MPLBACKEND="Agg", PYTHONWARNINGS="ignore")
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=600)

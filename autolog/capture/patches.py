@@ -1,8 +1,8 @@
 """Process-wide patches: ``torch.autograd.backward`` (which ``Tensor.backward`` calls),
 ``GradScaler.scale`` and ``GradScaler.step``, ``Optimizer.__init__`` (to know that a run has an
-optimizer), the clipping that ``torch.nn.utils.clip_grad_norm_`` does with its total norm (and
-FSDP's ``clip_grad_norm_`` once FSDP is imported), all with wrapt, and torch's global optimizer
-step pre/post hooks.
+optimizer), ``DataLoader.__iter__`` (a new pass over a loader: epochs), the clipping that
+``torch.nn.utils.clip_grad_norm_`` does with its total norm (and FSDP's ``clip_grad_norm_`` once
+FSDP is imported), all with wrapt, and torch's global optimizer step pre/post hooks.
 
 They are installed while at least one run captures (`acquire`/`release` count the runs) and
 removed exactly when the last one ends. Every wrapper first looks for an open capturing run and
@@ -129,6 +129,15 @@ def _then(feature: str, observe: Callable[[Any, Any, tuple, dict], None]) -> Cal
     return wrapper
 
 
+def _loader_iter(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
+    """``DataLoader.__iter__``: a new pass over the loader (`autolog.capture.epochs`)."""
+    out = wrapped(*args, **kwargs)
+    capture = session()
+    if capture is not None:
+        capture.guard.call("epochs", capture.loaders.on_iter, instance)
+    return out
+
+
 def _seen_optimizer(capture: Any, out: Any, args: tuple, kwargs: dict) -> None:
     """After ``Optimizer.__init__``: this run has an optimizer; its steps are the run's steps."""
     capture.stepless = False
@@ -216,7 +225,8 @@ class Patches:
         self._undo = [_wrap(torch.autograd, "backward", _autograd_backward),
                       _wrap(GradScaler, "scale", _scaler_scale),
                       _wrap(GradScaler, "step", _scaler_step),
-                      _wrap(torch.optim.Optimizer, "__init__", _optimizer_init)]
+                      _wrap(torch.optim.Optimizer, "__init__", _optimizer_init),
+                      _wrap(torch.utils.data.DataLoader, "__iter__", _loader_iter)]
         if "_clip_grads_with_norm_" in vars(clip_grad):
             self._undo.append(_wrap(clip_grad, "_clip_grads_with_norm_", _clip_with_norm))
         else:  # a torch whose clip_grad_norm_ clips by itself: its public names (seen when called so)

@@ -21,6 +21,7 @@ import torch
 
 from autolog.capture import patches
 from autolog.capture import watch as watch_mod
+from autolog.capture.epochs import LoaderEpochs
 from autolog.capture.errors import NonFiniteError
 from autolog.capture.loss import FirstCall, Objective, is_loss
 from autolog.capture.nonfinite import NonFiniteMonitor
@@ -96,6 +97,7 @@ class Capture:
         self.post_steps = 0  # optimizer steps seen (GradScaler.step compares it)
         self.batch_samples = 0  # samples of the batches a framework reported since the last step
         self.timer = StepTimer()
+        self.loaders = LoaderEpochs(run)  # epochs from the training DataLoader
         self.monitor = NonFiniteMonitor(run)
         self.optimizers: dict[int, OptimizerState] = {}  # id(optimizer) -> state, live ones
         self._seen: list[OptimizerState] = []  # every optimizer of the run, for meta["optimizers"]
@@ -155,6 +157,7 @@ class Capture:
         self.guard.call("timing", self._add_batch, batch)
 
     def _add_batch(self, batch: Any) -> None:
+        self.loaders.off = True  # the framework counts its own epochs
         self.batch_samples += watch_mod.batch_size((batch,), {})
 
     # -- optimizers ----------------------------------------------------------------------------
@@ -249,6 +252,8 @@ class Capture:
         for watched in self.watched.values():
             watched.counter.samples = 0
         self.batch_samples = 0
+        if self.loaders.candidate is not None:  # the run's first step after a loader's pass
+            self.guard.call("epochs", self.loaders.on_step)
         run = self.run
         handoffs = run.flush_count
         run.advance_step()

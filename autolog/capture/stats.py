@@ -46,8 +46,8 @@ def total_norm(vectors: Sequence[torch.Tensor]) -> torch.Tensor | None:
         return torch.linalg.vector_norm(torch.cat([v.to(target, non_blocking=True) for v in vectors]))
 
 
-def histogram(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(counts, low, high): `BINS` equal-width bins between the finite minimum and maximum.
+def histogram(tensor: torch.Tensor, bins: int = BINS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(counts, low, high): `bins` equal-width bins between the finite minimum and maximum.
 
     Non-finite values are left out. Computed on the tensor's device without reading the range
     back: the values are mapped onto [0, 1] and binned with fixed bounds.
@@ -64,7 +64,7 @@ def histogram(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
         high = torch.where(empty, 1.0, high)
         span = high - low
         scaled = (x - low) / torch.where(span > 0, span, 1.0)
-        counts = torch.histc(scaled, BINS, 0.0, 1.0)
+        counts = torch.histc(scaled, bins, 0.0, 1.0)
         return counts, low, high
 
 

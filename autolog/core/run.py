@@ -25,6 +25,7 @@ from autolog.store import files as store_files
 from autolog.store import format as store
 from autolog.store.log import EventLog
 from autolog.pipeline.buffer import RunBuffer
+from autolog.pipeline.epochs import Epochs
 from autolog.pipeline.writer import Pipeline
 from autolog.pipeline.records import Batch, MediaRecord, RunInfo, RunResult
 from autolog.core.redact import Redactor, scrub
@@ -57,6 +58,7 @@ class Run:
         self.summary: dict[str, Any] = {}
         self.status = "running"
         self._buffer = RunBuffer()
+        self._epochs = Epochs()
         self._step = 0
         self._optimizer_seen = False
         self._keys_at_step: set[str] = set()
@@ -210,6 +212,9 @@ class Run:
             except Exception as e:  # noqa: BLE001 -- instrumentation must not mask the run's end
                 print(self._redactor.text(f"autolog: while ending the run: {type(e).__name__}: "
                                           f"{validate.safe_str(e)}"), file=sys.stderr)
+        epochs = self._epochs
+        if epochs.aggregates or (epochs.active and not epochs.ended):
+            self._close_epoch()  # the run's end ends its last epoch
         end = time.time()
         self.meta.update(end_time=meta_mod.iso(end), end_timestamp=end,
                          duration=time.monotonic() - self._start_mono, step=self._step)
@@ -299,6 +304,8 @@ class Run:
 
     def advance_step(self) -> None:
         """Called after every optimizer step; hands off every `log_every` steps."""
+        if self._epochs.active:
+            self._buffer.scalar("epoch", self._step, float(self._epochs.index), time.time())
         self._step += 1
         self._optimizer_seen = True
         self._keys_at_step.clear()
@@ -402,6 +409,8 @@ class Run:
         """The step of values logged under `names` (`step`: None or an already checked step)."""
         if step is None:
             if not self._optimizer_seen and any(n in self._keys_at_step for n in names):
+                if self._epochs.active:
+                    self._buffer.scalar("epoch", self._step, float(self._epochs.index), time.time())
                 self._step += 1  # no optimizer in this run: a repeated key starts a new step
                 self._keys_at_step.clear()
                 if self._step % self.settings.log_every == 0:
@@ -411,30 +420,127 @@ class Run:
         return step
 
     def log(self, data: Mapping[str, Any] | str, value: Any = None, *, step: int | None = None,
-            prog_bar: bool = False, sync_dist: bool = False, reduce: str = "mean") -> None:
-        """Record scalars: ``log({"val/acc": 0.9})`` or ``log("val/acc", 0.9)``.
+            on_step: bool = True, on_epoch: bool = False, reduce: str = "mean", prog_bar: bool = False,
+            logger: bool = True, sync_dist: bool = False) -> None:
+        """Record scalars: ``log({"val/acc": 0.9})``, ``log("val/acc", 0.9)`` or
+        ``log("performance", {"acc": a, "recall": r})`` (``performance/acc``, ...).
 
         Nested dicts are flattened with "/". Tensors stay on their device until the next
-        hand-off. Everything is checked before anything is recorded. With ``sync_dist=True``
-        the values are reduced across ranks (`reduce`: mean, sum, max or min) at the next
-        reduction point (see `autolog.distributed`); without it, only rank 0's values are kept.
+        hand-off. Everything is checked before anything is recorded. The options mean what they
+        mean in Lightning's ``self.log``: see `autolog.log`.
         """
         if reduce not in distributed.REDUCE_OPS:
             raise ValueError(f"autolog.log: reduce: expected one of {', '.join(distributed.REDUCE_OPS)}, got {reduce!r}")
+        if not (on_step or on_epoch):
+            raise ValueError("autolog.log: on_step and on_epoch are both False: the value would be recorded nowhere")
         items = validate.metrics(data, value)
         if step is not None:
             step = validate.step(step)  # checked before anything is recorded
+        if on_epoch:
+            for name, _v in items:
+                self._epochs.check(name, reduce)
         if self._finished or self._forked or not items or (self.is_follower and not sync_dist):
             return
-        step = self._step_for(step, [n for n, _ in items])
+        if on_step:
+            step_items = [(f"{name}_step", v) for name, v in items] if on_epoch else items
+            names = [n for n, _ in step_items]
+            if "epoch" in names and not self._epochs.external:  # the user's (or a framework's) own wins
+                self._epochs_external()
+            step = self._step_for(step, names)
+        elif step is None:
+            step = self._step
+        if on_epoch:  # aggregated on the device; recorded when the epoch ends (`epoch_end`)
+            add = self._epochs.add
+            with self._buffer._lock:  # `log` may be called from any thread
+                for name, v in items:
+                    add(name, v, step, reduce, on_step, logger, prog_bar, sync_dist)
+            if not on_step:
+                return
+            items = step_items
+        self._put(items, step, time.time(), logger, prog_bar, sync_dist, reduce)
+        self.maybe_flush()
+
+    def _put(self, items: list[tuple[str, Any]], step: int, wall: float, logger: bool, prog_bar: bool,
+             sync_dist: bool, reduce: str) -> None:
+        """Values to the buffer: reduced across ranks first with `sync_dist` (in a job of several
+        ranks), to the console bar only without `logger`."""
+        if not logger:
+            if not self.is_follower:  # the bar shows rank 0's values: a live view, never reduced
+                self._buffer.bar_scalars_from(items, step, wall)
+            return
+        if prog_bar:
+            self._buffer.mark_prog_bar([n for n, _ in items])
         if sync_dist and self.dist.world_size > 1:
             for name, v in items:
                 self.log_synced(name, step, v, reduce)
+        elif not self.is_follower:
+            self._buffer.scalars_from(items, step, wall)
+
+    # ------------------------------------------------------------------ epochs
+    @property
+    def epoch(self) -> int:
+        """The current epoch (0 until the first epoch ends)."""
+        return self._epochs.index
+
+    def epoch_end(self) -> None:
+        """End the current epoch now: each name logged with ``on_epoch=True`` in it is recorded
+        at the step of its last value, and the ``epoch`` series (the epoch at each step) starts or
+        goes on. For loops without a DataLoader the capture can follow (see `autolog.epoch_end`)."""
+        if self._finished or self._forked:
             return
-        self._buffer.scalars_from(items, step, time.time())
-        if prog_bar:
-            self._buffer.mark_prog_bar([n for n, _ in items])
-        self.maybe_flush()
+        epochs = self._epochs
+        if not epochs.active:
+            self._activate_epochs(epochs.start_step)
+        self._close_epoch()
+        epochs.ended = True  # the training loader's next pass begins the next epoch, it ends none
+
+    def _epoch_begins(self, start_step: int | None = None) -> None:
+        """The capture saw the training DataLoader's iteration begin (`start_step`: the step at
+        its first iteration, given once, when the loader is recognised)."""
+        epochs = self._epochs
+        if self._finished or self._forked or epochs.external:
+            return
+        if start_step is not None:
+            if not epochs.active:
+                self._activate_epochs(start_step)
+            return
+        if epochs.ended:
+            epochs.ended = False
+            epochs.start_step = self._step
+            return
+        self._close_epoch()
+
+    def _epochs_external(self) -> None:
+        """The user or a framework records its own ``epoch`` series: the automatic one stops, and
+        its points still in the buffer (not yet handed off) are taken back."""
+        epochs = self._epochs
+        epochs.external, epochs.active = True, False
+        with self._buffer._lock:
+            self._buffer.scalars = [p for p in self._buffer.scalars if p[0] != "epoch"]
+
+    def _activate_epochs(self, start_step: int) -> None:
+        """Epochs are known from now on: the ``epoch`` series, from the epoch's first step."""
+        epochs = self._epochs
+        if epochs.external:
+            return
+        epochs.active = True
+        epochs.start_step = min(start_step, self._step)
+        wall = time.time()
+        for s in range(epochs.start_step, self._step):  # the steps of this epoch done so far
+            self._buffer.scalar("epoch", s, float(epochs.index), wall)
+
+    def _close_epoch(self) -> None:
+        """Record the epoch's aggregates, each at the step of its last value (in a step, before
+        ``optimizer.step()`` as in Lightning's ``training_step``: the epoch's last step, where
+        Lightning records them); the next epoch begins here."""
+        epochs = self._epochs
+        with self._buffer._lock:
+            closed = epochs.close()
+            epochs.start_step = self._step
+            epochs.ended = False
+        wall = time.time()
+        for name, agg, value in closed:
+            self._put([(name, value)], agg.step, wall, agg.logger, agg.prog_bar, agg.sync_dist, agg.op)
 
     def _media(self, kind: str, name: str, data: Any, step: int | None) -> None:
         what = f"autolog.log_{kind}"
@@ -443,6 +549,21 @@ class Run:
         if self._finished or self._forked:
             return
         self._buffer.add_media(MediaRecord(kind=kind, name=name, step=step, wall_time=time.time(), data=data))
+        self.maybe_flush()
+
+    def log_histogram(self, name: str, values: Any, step: int | None = None, bins: int = 64) -> None:
+        """A histogram of `values` (see `autolog.log_histogram`): binned now, on their device."""
+        what = "autolog.log_histogram"
+        name = validate.name(name, what)
+        tensor = validate.histogram_values(name, values, what)
+        bins = validate.bins(bins, what)
+        step = self._step if step is None else validate.step(step, what)
+        if self._finished or self._forked or self.is_follower:
+            return
+        from autolog.capture import stats  # watch's kernel: device ops only, nothing read back
+
+        counts, low, high = stats.histogram(tensor, bins)
+        self._buffer.histogram(name, step, counts, low, high, time.time())
         self.maybe_flush()
 
     def log_image(self, name: str, image: Any, step: int | None = None) -> None:
@@ -462,6 +583,28 @@ class Run:
         """A text (markdown in TensorBoard); secrets in known formats are masked."""
         name = validate.name(name, "autolog.log_text")
         self._media("text", name, self._redactor.text(validate.text(text, f"autolog.log_text {name!r}")), step)
+
+    def backend(self, name: str, timeout: float | None = None) -> Any:
+        """The backend object of the run's sink called `name`, for what autolog does not wrap:
+        ``"tensorboard"`` gives a ``torch.utils.tensorboard.SummaryWriter`` writing its own event
+        file into the sink's log directory, ``"wandb"`` the sink's W&B run; None when the run has
+        no such sink (or it has none, or could not open within `timeout` seconds, default the
+        run's ``close_timeout``), on ranks other than 0, and in disabled runs.
+
+        Everything you call on it runs on your thread at its own cost, at once: it does not go
+        through the run's log (so ``autolog sync`` cannot replay it) and it converts tensors
+        the way that library does (a ``.cpu()``, a device sync, per call). See the README's
+        "Coming from TensorBoard, W&B or Lightning" for what is safe to call on each.
+        """
+        if not isinstance(name, str):
+            raise TypeError(f"Run.backend: expected a sink name (str), got {type(name).__name__}")
+        for follower in getattr(self.pipeline, "followers", ()):
+            if follower.sink.name == name:
+                wait = self.settings.close_timeout if timeout is None else timeout
+                if not follower.opened.wait(wait):
+                    return None
+                return follower.sink.backend()
+        return None
 
     def update_config(self, values: Mapping[str, Any] | Any) -> None:
         """Add or change config entries during the run (flattened and redacted like the rest)."""
@@ -509,6 +652,7 @@ class NullRun:
     id = name = project = path = None
     status = "disabled"
     step = 0
+    epoch = 0
 
     def __init__(self) -> None:
         self.config: dict = {}

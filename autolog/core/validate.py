@@ -162,10 +162,15 @@ def _tensor(key: str, value: torch.Tensor, what: str) -> torch.Tensor:
 def metrics(data: Mapping[Any, Any] | str, value: Any, what: str = "autolog.log") -> list[tuple[str, Any]]:
     """The `(name, value)` pairs of a ``log`` call, every one checked before any is recorded.
 
-    ``log("name", value)`` or ``log({"name": value, "group": {"inner": value}})`` (nested
-    dicts are flattened with "/", at most 32 deep)."""
+    ``log("name", value)``, ``log({"name": value, "group": {"inner": value}})`` (nested
+    dicts are flattened with "/", at most 32 deep) or ``log("group", {"inner": value})``
+    (the dict's names under the prefix "group/", as Lightning's ``self.log`` does)."""
     if isinstance(data, str):
         key = name(data, what)
+        if isinstance(value, Mapping):  # log("performance", {"acc": a}): "performance/acc"
+            out_: list[tuple[str, Any]] = []
+            _flatten(value, key, out_, 0, what)
+            return out_
         return [(key, scalar(key, value, what))]
     if isinstance(data, Mapping):
         if value is not None:
@@ -198,3 +203,42 @@ def text(value: Any, what: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{what}: text: expected a str, got {_type_name(value)}")
     return clean_text(str.__str__(value))
+
+
+MAX_BINS = 512  # W&B's limit for a histogram; TensorBoard and the store take any number
+
+
+def bins(value: Any, what: str) -> int:
+    """A histogram's number of bins: an integer in 1..512."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what}: bins: expected an integer in 1..{MAX_BINS}, got {_type_name(value)} {safe_repr(value)}")
+    if not 1 <= int(value) <= MAX_BINS:
+        raise ValueError(f"{what}: bins: expected an integer in 1..{MAX_BINS}, got {int(value)}")
+    return int(value)
+
+
+def histogram_values(key: str, values: Any, what: str) -> torch.Tensor:
+    """The values of a histogram as a tensor with at least one element: a real tensor (kept on
+    its device, detached: nothing is read back), or a numpy array or a (nested) list of numbers
+    (copied into a CPU float64 tensor, so changing them afterwards changes nothing)."""
+    if isinstance(values, torch.Tensor):
+        if values.is_meta:
+            raise TypeError(f"{what}: {key!r}: expected a tensor with data, got a meta-device tensor")
+        if values.layout != torch.strided or values.is_quantized or values.is_complex():
+            raise TypeError(f"{what}: {key!r}: expected a dense real-valued tensor, got a "
+                            f"{'complex' if values.is_complex() else values.layout} {values.dtype} tensor")
+        tensor = values.detach()
+    elif isinstance(values, (np.ndarray, list, tuple)):
+        try:
+            arr = np.asarray(values)
+        except (ValueError, TypeError):  # ragged nesting
+            raise TypeError(f"{what}: {key!r}: expected a rectangular array of numbers") from None
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"{what}: {key!r}: expected real numbers, got a numpy {arr.dtype} array")
+        tensor = torch.tensor(arr, dtype=torch.float64)
+    else:
+        raise TypeError(f"{what}: {key!r}: expected a tensor, a numpy array or a list of numbers, "
+                        f"got {_type_name(values)} {safe_repr(values)}")
+    if tensor.numel() == 0:
+        raise ValueError(f"{what}: {key!r}: expected at least one value, got an empty {tuple(tensor.shape)}")
+    return tensor

@@ -35,6 +35,7 @@ class RunBuffer:
         self.media: list[MediaRecord] = []
         self.config: dict[str, Any] | None = None
         self.prog_bar: set[str] = set()
+        self.bar: list[tuple[str, int, Any, float]] = []  # logger=False: the console bar only
         self.probes: list[tuple[str, Any, int, Any]] = []  # control: see `probe`
         self.timing: list[Any] = []
 
@@ -54,6 +55,12 @@ class RunBuffer:
     def scalars_from(self, items: list[tuple[str, Any]], step: int, wall: float) -> None:
         with self._lock:
             self.scalars.extend((name, step, value, wall) for name, value in items)
+
+    def bar_scalars_from(self, items: list[tuple[str, Any]], step: int, wall: float) -> None:
+        """Values for the console bar only (``autolog.log(..., logger=False)``): they travel in
+        `Batch.bar`, which the run's log does not store."""
+        with self._lock:
+            self.bar.extend((name, step, value, wall) for name, value in items)
 
     def vector(self, names: Sequence[str], step: int, values: torch.Tensor, wall: float) -> None:
         """One scalar per name from a 1-D tensor (e.g. every layer's gradient norm at once)."""
@@ -94,16 +101,23 @@ class RunBuffer:
         """Take everything pending and start its copy to the host; None when empty."""
         with self._lock:
             if not (self.scalars or self.vectors or self.histograms or self.media or self.config
-                    or self.probes or self.timing):
+                    or self.probes or self.timing or self.bar):
                 return None
-            scalars, vectors, hists = self.scalars, self.vectors, self.histograms
+            bar = self.bar
+            scalars = self.scalars + bar if bar else self.scalars  # the bar's last: split in resolve
+            vectors, hists = self.vectors, self.histograms
             media, config, prog_bar = self.media, self.config, tuple(sorted(self.prog_bar))
             probes, timing = self.probes, self.timing
             self._clear()
-        return Staged(scalars, vectors, hists, media, config, prog_bar, step, probes, timing)
+        return Staged(scalars, vectors, hists, media, config, prog_bar, step, probes, timing, len(bar))
 
 
-def _pack(tensors: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+def host_dtype(device: torch.device) -> torch.dtype:
+    """The dtype values of `device` are packed in: float64 (float32 on MPS, which has none)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def pack(tensors: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
     """`tensors` (one device, in order) as a few 1-D `dtype` tensors: each run of 0-d tensors of
     one dtype (a loss per step...) is stacked by one op, not reshaped and converted one by one."""
     pieces: list[torch.Tensor] = []
@@ -129,9 +143,9 @@ class _HostCopy:
 
     def __init__(self, tensors: list[torch.Tensor]) -> None:
         device = tensors[0].device
-        dtype = torch.float32 if device.type == "mps" else torch.float64
+        dtype = host_dtype(device)
         with torch.no_grad():
-            pieces = _pack(tensors, dtype)
+            pieces = pack(tensors, dtype)
             flat = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
         self.event = None
         if device.type == "cuda":
@@ -185,8 +199,10 @@ def _host_copy(tensors: list[torch.Tensor]) -> Any:
 class Staged:
     """A batch whose device values are on their way to the host."""
 
-    def __init__(self, scalars, vectors, hists, media, config, prog_bar, step, probes=(), timing=()) -> None:
+    def __init__(self, scalars, vectors, hists, media, config, prog_bar, step, probes=(), timing=(),
+                 n_bar: int = 0) -> None:
         self.media, self.config, self.prog_bar, self.step = media, config, prog_bar, step
+        self.n_bar = n_bar  # the last `n_bar` scalars are for the console bar only
         self.scalars, self.vectors, self.hists = scalars, vectors, hists
         self.probes, self.timing = list(probes), list(timing)
         # Every tensor, in order, grouped by device: scalars, vectors, then per histogram
@@ -251,7 +267,11 @@ class Staged:
 
         points: list = []
         append = points.append
-        for (name, step, value, wall), sl in zip(self.scalars, self.scalar_slots):
+        n_public = len(self.scalars) - self.n_bar
+        bar: list = []
+        for i, ((name, step, value, wall), sl) in enumerate(zip(self.scalars, self.scalar_slots)):
+            if i == n_public:
+                append = bar.append
             if sl is not None:
                 value = host[sl[0]][sl[1]]  # a scalar's first (only) element
             try:
@@ -281,7 +301,7 @@ class Staged:
         self.copies = {}
         return Batch(scalars=points, histograms=histograms, media=list(self.media),
                      config=self.config, step=self.step, prog_bar=self.prog_bar,
-                     probes=probes, timing=self.timing, dropped_values=dropped)
+                     probes=probes, timing=self.timing, dropped_values=dropped, bar=bar)
 
     def _slots_of(self, dev: Any) -> list[tuple[Any, int, int]]:
         slots = [s for s in self.scalar_slots + self.vector_slots + self.probe_slots if s]

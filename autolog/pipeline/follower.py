@@ -140,6 +140,7 @@ class Follower:
         self.counts = [0, 0, 0]  # scalar points, histograms, media delivered
         self.where: str | None = None  # where the sink says it writes (its `path`, once open)
         self._saved = 0.0
+        self.opened = threading.Event()  # `open` has returned (or failed): `Run.backend` waits for it
         self.thread = threading.Thread(target=self._run, name=f"autolog-sink-{sink.name}", daemon=True)
         self.thread.start()
 
@@ -241,7 +242,10 @@ class Follower:
                 self.cond.notify_all()
 
     def _loop(self) -> None:
-        opened = self._call("open", self.sink.open, self.info)
+        try:
+            opened = self._call("open", self.sink.open, self.info)
+        finally:
+            self.opened.set()
         where = getattr(self.sink, "path", None)
         self.where = where if isinstance(where, str) else None
         while True:

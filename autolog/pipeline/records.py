@@ -84,6 +84,10 @@ class Batch:
     config: dict[str, Any] | None = None  # config keys added or changed since the last batch
     step: int = 0  # the run's step when the batch was handed off
     prog_bar: tuple[str, ...] = ()  # scalar names marked with autolog.log(..., prog_bar=True)
+    # values logged with autolog.log(..., logger=False): for the console's bar only. The run's log
+    # does not store them, so a sink reading the log back (one that fell behind, `autolog sync`)
+    # never has them; every other sink ignores them.
+    bar: list[ScalarPoint] = dataclasses.field(default_factory=list)
     # -- control (never seen by a sink) --
     probes: list[Probe] = dataclasses.field(default_factory=list)
     timing: list[Any] = dataclasses.field(default_factory=list)  # (step, start, end, samples, wall)

@@ -71,5 +71,11 @@ class Sink:
     def close(self, result: RunResult) -> None:
         """The run ended with `result.status`; flush and release everything."""
 
+    def backend(self) -> Any:
+        """The backend's own object for calls autolog does not wrap (`Run.backend`), or None.
+
+        Called on the user's thread, after `open`; what it returns is used on that thread."""
+        return None
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"

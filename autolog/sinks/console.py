@@ -1,7 +1,8 @@
 """ConsoleSink: a live progress bar while the run goes, one summary block when it ends.
 
 The bar (tqdm, imported lazily; `tqdm.auto` so notebooks get a widget) shows the step,
-steps/s, the latest ``train/loss`` and every scalar marked for the bar. It is drawn on
+steps/s, the latest ``train/loss``, every scalar marked for the bar and the values logged for
+the bar only (``autolog.log(..., logger=False)``: `Batch.bar`, not in the end summary). It is drawn on
 ``sys.stderr`` by default, and only when that stream is a terminal (or in a notebook): piped or
 redirected output gets no bar and no per-step lines, just the summary at the end.
 
@@ -159,6 +160,7 @@ class ConsoleSink(Sink):
         self.max_summary_keys = max_summary_keys
         self.interval = interval
         self.stats: dict[str, _Stat] = {}
+        self.bar_only: dict[str, float] = {}  # the latest value of each logger=False name
         self.step = 0
         self.run: RunInfo | None = None
         self.stream: TextIO = sys.stderr
@@ -221,6 +223,8 @@ class ConsoleSink(Sink):
             stat.add(point_step, value)
             if point_step > step:
                 step = point_step
+        for name, _point_step, value, _wall in getattr(batch, "bar", None) or ():
+            self.bar_only[name] = value
         advance = max(step - self.step, 0)
         self.step = max(step, self.step)
         if self.mode == "bar":
@@ -263,7 +267,9 @@ class ConsoleSink(Sink):
     # -- internals ------------------------------------------------------------------------
 
     def _postfix(self) -> dict[str, str]:
-        return {k: format_value(self.stats[k].last) for k in self.shown if k in self.stats}
+        shown = {k: format_value(self.stats[k].last) for k in self.shown if k in self.stats}
+        shown.update((k, format_value(v)) for k, v in self.bar_only.items())
+        return shown
 
     def _restore_stdio(self) -> None:
         for attr, proxy in self._proxies.items():

@@ -18,6 +18,7 @@ import glob
 import numbers
 import os
 import struct
+import threading
 import time
 from typing import Any, Iterable, Mapping
 
@@ -35,6 +36,8 @@ from autolog.pipeline.records import Batch, HistogramRecord, MediaRecord, RunInf
 from autolog.sinks.base import Sink
 
 __all__ = ["TensorBoardSink"]
+
+_BACKEND_LOCK = threading.Lock()  # module-wide, so that sinks stay picklable
 
 # RunResult.status -> the hparams plugin's session status
 _STATUS = {
@@ -214,6 +217,7 @@ class TensorBoardSink(Sink):
         self._tags: set[str] = set()
         self._last_step = 0
         self._start = 0.0
+        self._user_writer: Any = None  # the SummaryWriter `backend()` gave, closed with the sink
 
     @property
     def path(self) -> str | None:
@@ -290,6 +294,23 @@ class TensorBoardSink(Sink):
         finally:
             self._writer.close()
             self._writer = None
+            with _BACKEND_LOCK:
+                user, self._user_writer = self._user_writer, None
+            if user is not None:
+                user.close()
+
+    def backend(self) -> Any:
+        """A ``torch.utils.tensorboard.SummaryWriter`` on this sink's log directory (made at the
+        first call, on the caller's thread; closed when the sink closes), or None before the
+        sink is open or after it closed. It writes an event file of its own beside the sink's,
+        so it shares nothing with the sink's thread; TensorBoard shows both as one run."""
+        with _BACKEND_LOCK:
+            if self._user_writer is None and self._writer is not None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._user_writer = SummaryWriter(log_dir=self._writer.get_logdir(), max_queue=self.max_queue,
+                                                  flush_secs=self.flush_secs)
+            return self._user_writer
 
     # ---------------------------------------------------------------- helpers
 

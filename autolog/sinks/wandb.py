@@ -229,6 +229,12 @@ class WandbSink(Sink):
             run.log(rows[step], step=step)
             self._step = step
 
+    def backend(self) -> Any:
+        """The sink's W&B run (``wandb.Run``) while it is open, else None. The sink's thread
+        calls its ``log`` and ``config.update`` (and, at close, ``summary`` and ``finish``): see
+        the README's "Coming from TensorBoard, W&B or Lightning" for what to call on it."""
+        return self.wandb_run
+
     def _drop(self, step: int, count: int) -> None:
         if not self.dropped_points:
             warnings.warn(
