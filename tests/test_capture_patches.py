@@ -17,7 +17,8 @@ def _originals():
     return (torch.Tensor.__dict__["backward"], vars(torch.autograd)["backward"], GradScaler.__dict__["scale"],
             len(optim_mod._global_optimizer_pre_hooks), len(optim_mod._global_optimizer_post_hooks),
             GradScaler.__dict__["step"], vars(torch.optim.Optimizer)["__init__"],
-            vars(clip_grad).get("_clip_grads_with_norm_"), vars(clip_grad)["clip_grad_norm_"])
+            vars(clip_grad).get("_clip_grads_with_norm_"), vars(clip_grad)["clip_grad_norm_"],
+            vars(torch.nn.utils).get("clip_grads_with_norm_"))
 
 
 def test_installed_only_while_a_run_is_open(tmp_path):

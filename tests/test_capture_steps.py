@@ -70,6 +70,28 @@ def test_clip_grad_norm_imported_by_name_and_with_watch(tmp_path):
     assert all(v == pytest.approx(1e-3, rel=1e-3) for v in watched.values())
 
 
+def test_get_total_norm_then_clip_grads_with_norm_is_the_steps_grad_norm(tmp_path):
+    """torch's split API, as accelerate's clip_grad_norm_ calls it: the norm given to
+    clip_grads_with_norm_ is the step's train/grad_norm (torch >= 2.6 has both)."""
+    def loop(run):
+        model = tiny()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        norms = {}
+        for i, (x, y) in enumerate(batches(4)):
+            opt.zero_grad()
+            F.mse_loss(model(x), y).backward()
+            grads = [p.grad for p in model.parameters()]
+            total = torch.nn.utils.get_total_norm(grads)
+            torch.nn.utils.clip_grads_with_norm_(model.parameters(), 1e-3, total)
+            norms[i] = float(total)
+            opt.step()
+        return model, norms
+
+    run, (model, norms), (plain, _) = twice(tmp_path, loop, log_every=2)
+    assert series(read(run), "train/grad_norm") == norms
+    assert same_weights(model, plain)
+
+
 # -- gradient accumulation -----------------------------------------------------------------------
 def test_accumulation_of_4_with_loss_over_4_is_the_mean_micro_batch_loss(tmp_path):
     accum = 4

@@ -1,8 +1,9 @@
 """Process-wide patches: ``torch.autograd.backward`` (which ``Tensor.backward`` calls),
 ``GradScaler.scale`` and ``GradScaler.step``, ``Optimizer.__init__`` (to know that a run has an
 optimizer), ``DataLoader.__iter__`` (a new pass over a loader: epochs), the clipping that
-``torch.nn.utils.clip_grad_norm_`` does with its total norm (and FSDP's ``clip_grad_norm_`` once
-FSDP is imported), all with wrapt, and torch's global optimizer step pre/post hooks.
+``torch.nn.utils.clip_grad_norm_`` does with its total norm (and ``clip_grads_with_norm_``, the
+public name that callers of ``get_total_norm`` use; FSDP's ``clip_grad_norm_`` once FSDP is
+imported), all with wrapt, and torch's global optimizer step pre/post hooks.
 
 They are installed while at least one run captures (`acquire`/`release` count the runs) and
 removed exactly when the last one ends. Every wrapper first looks for an open capturing run and
@@ -228,7 +229,14 @@ class Patches:
                       _wrap(torch.optim.Optimizer, "__init__", _optimizer_init),
                       _wrap(torch.utils.data.DataLoader, "__iter__", _loader_iter)]
         if "_clip_grads_with_norm_" in vars(clip_grad):
+            import torch.nn.utils as nn_utils
+
             self._undo.append(_wrap(clip_grad, "_clip_grads_with_norm_", _clip_with_norm))
+            # its public name, bound at torch's import: what callers of the split API
+            # (``get_total_norm`` then ``clip_grads_with_norm_``, as accelerate does) reach
+            for owner in {id(m): m for m in (clip_grad, nn_utils)}.values():
+                if "clip_grads_with_norm_" in vars(owner):
+                    self._undo.append(_wrap(owner, "clip_grads_with_norm_", _clip_with_norm))
         else:  # a torch whose clip_grad_norm_ clips by itself: its public names (seen when called so)
             import torch.nn.utils as nn_utils
 
