@@ -21,3 +21,14 @@ def wait_line(proc: subprocess.Popen, expected: str) -> None:
         if line.strip() == expected:
             return
     raise AssertionError(f"child ended before printing {expected!r}: {proc.stderr.read()}")
+
+
+def read_csv(path, **kwargs):
+    """``pandas.read_csv`` that gives back the exact floats autolog wrote, on every pandas: before
+    3.0 pandas parses floats with a faster routine that can differ in the last digit unless
+    ``float_precision="round_trip"``; pandas 3 is exact by default and deprecates the argument."""
+    import pandas as pd
+
+    if int(pd.__version__.split(".")[0]) < 3:
+        kwargs.setdefault("float_precision", "round_trip")
+    return pd.read_csv(path, **kwargs)

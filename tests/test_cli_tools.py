@@ -12,6 +12,7 @@ import torch
 import autolog
 from autolog.store import format as store
 from autolog.tools import cli, replay
+from helpers import read_csv
 
 COUNTS = [[1.0, 2.0, 3.0, 0.0], [0.0, 4.0, 4.0, 1.0], [2.0, 2.0, 2.0, 2.0]]
 
@@ -180,12 +181,10 @@ def test_replay_to_tensorboard(runs, capsys):
 
 
 def test_replay_to_csv(runs, capsys):
-    import pandas as pd
-
     _, a, _ = runs
     code, out, _ = _cli(capsys, "replay", a.path, "--to", "csv")
     assert code == 0
-    frame = pd.read_csv(os.path.join(a.path, "metrics.csv"), float_precision="round_trip")
+    frame = read_csv(os.path.join(a.path, "metrics.csv"))
     assert sorted(set(frame["step"])) == list(range(6))
     for name, series in a.metrics.items():
         rows = frame[frame["name"] == name]

@@ -12,11 +12,11 @@ import subprocess
 import sys
 import textwrap
 
-import pandas as pd
 import pytest
 
 import autolog
 from autolog.tools import cli
+from helpers import read_csv
 
 STEPS = 20_000
 
@@ -88,7 +88,7 @@ def test_autolog_sync_finishes_every_sink_exactly(faulty_run, monkeypatch, tmp_p
     assert all(entries[n]["done"] for n in ("csv", "tensorboard", "stalling")), ({n: (e["offset"], e["done"]) for n, e in entries.items()}, out)
     want = [(i, 1.0 / (i + 1)) for i in range(STEPS)]
 
-    frame = pd.read_csv(os.path.join(path, "metrics.csv"), float_precision="round_trip")
+    frame = read_csv(os.path.join(path, "metrics.csv"))
     loss = frame[frame["name"] == "train/loss"]
     assert list(zip(loss["step"], loss["value"])) == want  # exactly once, in order
 
@@ -134,7 +134,7 @@ def test_sync_after_kill_9_finishes_the_sinks_exactly(tmp_path, capsys):
     entries = {e["name"]: e for e in json.load(open(os.path.join(path, "sinks.json")))["sinks"]}
     assert not entries["csv"]["done"] and entries["csv"]["offset"] > 0
     assert cli.main(["sync", path]) == 0
-    frame = pd.read_csv(os.path.join(path, "metrics.csv"), float_precision="round_trip")
+    frame = read_csv(os.path.join(path, "metrics.csv"))
     assert list(zip(frame["step"], frame["value"])) == want  # nothing twice, nothing missing
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

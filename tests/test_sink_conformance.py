@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 import autolog
@@ -24,6 +23,7 @@ from autolog.sinks.local import LocalSink
 from autolog.sinks.tensorboard import TensorBoardSink
 from autolog.sinks.wandb import WandbSink
 from autolog.store.log import read_batches
+from helpers import read_csv
 
 PLUGIN = Path(__file__).parent / "plugin_pkg"
 RESULT = RunResult("finished", {"loss": 0.25}, {}, {})
@@ -40,7 +40,7 @@ def _recording_sink():
 
 # sink factory, reader of (step, value) for "train/loss" (None: the sink keeps no scalars)
 def _read_csv(path):
-    df = pd.read_csv(os.path.join(path, "metrics.csv"), float_precision="round_trip")
+    df = read_csv(os.path.join(path, "metrics.csv"))
     df = df[df["name"] == "train/loss"]
     return list(zip(df["step"].tolist(), df["value"].tolist()))
 

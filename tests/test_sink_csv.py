@@ -5,12 +5,12 @@ import csv
 import math
 import os
 
-import pandas as pd
 
 import autolog
 from autolog.pipeline.records import Batch, RunInfo, RunResult
 from autolog.sinks import resolve_sink
 from autolog.sinks.csv import COLUMNS, CSVSink
+from helpers import read_csv
 
 RESULT = RunResult("finished", {}, {}, {})
 
@@ -43,7 +43,7 @@ def test_one_row_per_point_read_back_by_csv_and_pandas(tmp_path):
     assert [(r["step"], r["name"], float(r["value"])) for r in rows] == [
         ("0", "train/loss", 0.1 + 0.2), ("0", "optim/lr", 1e-3), ("1", "train/loss", 1 / 3),
         ("1", "optim/lr", 9e-4)]  # exact round trip, log order
-    frame = pd.read_csv(path, float_precision="round_trip")
+    frame = read_csv(path)
     wide = frame.pivot_table(index="step", columns="name", values="value", aggfunc="last")
     assert wide["train/loss"].tolist() == [0.1 + 0.2, 1 / 3]
     assert wide["optim/lr"].tolist() == [1e-3, 9e-4]
@@ -65,7 +65,7 @@ def test_nan_and_inf_read_back_as_floats(tmp_path):
     sink.write(Batch(scalars=[("x", 0, math.nan, 1.0), ("x", 1, math.inf, 2.0),
                               ("x", 2, -math.inf, 3.0), ("x", 3, 0.5, 4.0)]))
     sink.close(RESULT)
-    values = pd.read_csv(tmp_path / "metrics.csv", float_precision="round_trip")["value"].tolist()
+    values = read_csv(tmp_path / "metrics.csv")["value"].tolist()
     assert math.isnan(values[0]) and values[1:] == [math.inf, -math.inf, 0.5]
 
 
@@ -75,7 +75,7 @@ def test_names_needing_quotes(tmp_path):
     odd = 'weird, "name"\nwith newline'
     sink.write(Batch(scalars=[(odd, 0, 1.0, 1.0), ("step", 0, 7.0, 1.0)]))
     sink.close(RESULT)
-    df = pd.read_csv(tmp_path / "metrics.csv", float_precision="round_trip")
+    df = read_csv(tmp_path / "metrics.csv")
     assert df["name"].tolist() == [odd, "step"] and df["value"].tolist() == [1.0, 7.0]
 
 
@@ -84,7 +84,7 @@ def test_path_argument_and_replace_at_open(tmp_path):
     sink.open(run_info(tmp_path / "run"))
     sink.write(Batch(scalars=[("a", 0, 1.0, 1.0)]))
     sink.close(RESULT)
-    frame = pd.read_csv(tmp_path / "run" / "sub" / "scalars.csv", float_precision="round_trip")
+    frame = read_csv(tmp_path / "run" / "sub" / "scalars.csv")
     assert frame["value"].tolist() == [1.0]
     target = tmp_path / "elsewhere.csv"
     target.write_text("stale\n")
@@ -92,7 +92,7 @@ def test_path_argument_and_replace_at_open(tmp_path):
     sink.open(run_info(tmp_path / "run"))
     sink.write(Batch(scalars=[("b", 0, 2.0, 1.0)]))
     sink.close(RESULT)
-    assert pd.read_csv(target, float_precision="round_trip")["name"].tolist() == ["b"]
+    assert read_csv(target)["name"].tolist() == ["b"]
 
 
 def test_resumed_sink_appends_to_its_earlier_file(tmp_path):
@@ -103,7 +103,7 @@ def test_resumed_sink_appends_to_its_earlier_file(tmp_path):
     again.open(run_info(tmp_path, resumed=True))
     again.write(Batch(scalars=[("a", 1, 2.0, 2.0)]))
     again.close(RESULT)
-    assert pd.read_csv(tmp_path / "metrics.csv", float_precision="round_trip")["value"].tolist() == [1.0, 2.0]
+    assert read_csv(tmp_path / "metrics.csv")["value"].tolist() == [1.0, 2.0]
 
 
 def test_100k_names_are_linear(tmp_path):
@@ -117,7 +117,7 @@ def test_100k_names_are_linear(tmp_path):
         sink.write(Batch(scalars=[(f"new{i}", 1, 1.0, 2.0)]))
     assert os.stat(path).st_ino == inode  # never swapped for a rewritten file
     sink.close(RESULT)
-    df = pd.read_csv(path, float_precision="round_trip")
+    df = read_csv(path)
     assert len(df) == 102_000 and df["name"].nunique() == 102_000
     assert df["value"].iloc[99_999] == 99_999.0
 
@@ -129,7 +129,7 @@ def test_a_run_writes_the_same_values_as_the_local_store(tmp_path):
             if step % 4 == 0:
                 autolog.log({"val/acc": step / 10, "val/nan": math.nan}, step=step)
         run.flush(wait=True)  # everything handed off so far is in the file
-        frame = pd.read_csv(os.path.join(run.path, "metrics.csv"), float_precision="round_trip")
+        frame = read_csv(os.path.join(run.path, "metrics.csv"))
         assert frame["step"].max() == 9
         path = run.path
     data = autolog.read_run(path)
@@ -157,5 +157,5 @@ def test_a_run_with_100k_names_writes_them_all_before_close_timeout(tmp_path):
         autolog.log(dict.fromkeys(names[:1000], 0.25), step=1)
     data = autolog.read_run(run.path)
     assert "sinks_timed_out" not in data.meta
-    df = pd.read_csv(os.path.join(run.path, "metrics.csv"), float_precision="round_trip")
+    df = read_csv(os.path.join(run.path, "metrics.csv"))
     assert len(df) == 101_000 and df["name"].iloc[:100_000].tolist() == names

@@ -4,7 +4,6 @@ import io
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from tensorboard.backend.event_processing import event_accumulator as ea
@@ -13,6 +12,7 @@ from torch import nn
 import autolog
 from autolog.sinks import ConsoleSink, CSVSink, TensorBoardSink, WandbSink
 from autolog.sinks.wandb_records import read_wandb_run
+from helpers import read_csv
 
 STEPS, LOG_EVERY = 12, 4
 
@@ -94,7 +94,7 @@ def test_wandb_agrees_with_the_local_store(all_sinks_run):
 
 def test_csv_agrees_with_the_local_store(all_sinks_run):
     run, _ = all_sinks_run
-    frame = pd.read_csv(f"{run.path}/metrics.csv", float_precision="round_trip")  # long format: one row per point
+    frame = read_csv(f"{run.path}/metrics.csv")  # long format: one row per point
     assert set(frame["name"]) == set(run.metrics)
     for name, series in run.metrics.items():
         rows = frame[frame["name"] == name].sort_values("step", kind="stable")

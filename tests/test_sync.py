@@ -4,12 +4,12 @@ from __future__ import annotations
 import json
 import os
 
-import pandas as pd
 
 import autolog
 from autolog.sinks.console import ConsoleSink
 from autolog.testing import StallingSink
 from autolog.tools import cli
+from helpers import read_csv
 
 
 class _Local(autolog.sinks.Sink):  # module level: importable, so `sync` can rebuild it
@@ -41,7 +41,7 @@ def test_sync_finishes_a_timed_out_sink_and_skips_the_console(tmp_path, capsys, 
         assert cli.main(["sync", run.path]) == 0
         out = capsys.readouterr().out
         assert "stalling" in out and "console" not in out
-        frame = pd.read_csv(os.path.join(run.path, "metrics.csv"), float_precision="round_trip")
+        frame = read_csv(os.path.join(run.path, "metrics.csv"))
         assert frame["value"].tolist() == [float(i) for i in range(20)]
         assert _entries(run.path)["stalling"]["done"] is True
     finally:
@@ -72,7 +72,7 @@ def test_sync_of_a_run_whose_sinks_finished_has_nothing_to_do(tmp_path, capsys):
         autolog.log("a", 1.0)
     assert cli.main(["sync", run.path]) == 0
     assert "nothing to sync" in capsys.readouterr().out
-    assert pd.read_csv(os.path.join(run.path, "metrics.csv"), float_precision="round_trip")["value"].tolist() == [1.0]
+    assert read_csv(os.path.join(run.path, "metrics.csv"))["value"].tolist() == [1.0]
 
 
 def test_a_class_defined_in_a_function_cannot_be_rebuilt():

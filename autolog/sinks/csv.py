@@ -7,7 +7,7 @@ rows x names), 100,000 names are 100,000 rows; rows are appended and flushed at 
 so the file is readable while the run writes, and `autolog sync` can append what a sink still
 had to write. For the wide table::
 
-    df = pd.read_csv(path, float_precision="round_trip")
+    df = pd.read_csv(path)  # exact floats on pandas 3; before it add float_precision="round_trip"
     wide = df.pivot_table(index="step", columns="name", values="value", aggfunc="last")
 """
 from __future__ import annotations

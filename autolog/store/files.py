@@ -211,7 +211,7 @@ class RunFiles:
         path = os.path.join(self.path, RUN_FILE)
         try:
             write_json_atomic(path, record)
-        except OSError as exc:
+        except OSError:
             if final:
                 self._free_reserve()
                 try:
