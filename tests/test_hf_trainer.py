@@ -42,7 +42,7 @@ def dataset(n: int = 48, seed: int = 0) -> list[dict]:
 
 def training_args(tmp_path, **overrides) -> TrainingArguments:
     options = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, gradient_accumulation_steps=2,
-                   warmup_steps=2, max_grad_norm=0.5, learning_rate=1e-2, num_train_epochs=1, logging_steps=1,
+                   warmup_steps=2, max_grad_norm=0.2, learning_rate=1e-2, num_train_epochs=1, logging_steps=1,
                    eval_strategy="steps", eval_steps=3, save_strategy="no", report_to="none", disable_tqdm=True,
                    use_cpu=True, seed=0, hub_token=HUB_TOKEN)
     options.update(overrides)
@@ -96,11 +96,12 @@ def test_every_trainer_log_value_is_recorded_at_its_global_step(tmp_path):
     for step, value in expected["grad_norm"]:
         assert auto_norm[step - 1] == value
     for step, value in expected["loss"]:  # logging_steps=1: the loss of that one step
-        assert math.isclose(auto_loss[step - 1], value, rel_tol=1e-6), step
+        auto = auto_loss[step - 1]  # transformers 4.x logs it rounded to 4 digits
+        assert math.isclose(auto, value, rel_tol=1e-6) or round(auto, 4) == value, step
     for step, value in expected["learning_rate"]:
         assert auto_lr[step - 1] == value  # warmup: 0 at the first step, then rising
     assert expected["learning_rate"][0] == (1, 0.0)
-    assert max(v for _, v in expected["grad_norm"]) > 0.5  # clipping had something to clip
+    assert max(v for _, v in expected["grad_norm"]) > 0.2  # clipping had something to clip
     assert run.meta["step"] == 6 and sorted(auto_loss) == list(range(6))
     assert any(name.startswith("grad_norm/bert.") for name in run.metrics)  # watch="gradients"
 

@@ -10,7 +10,7 @@ one autolog run, with autolog's automatic capture.
     accelerator.end_training()                                     # the run ends ``finished``
 
 Importing this module also registers the name, so ``Accelerator(log_with="autolog")`` works
-(accelerate >= 1.13, ``register_tracker_class``); options then come from
+(accelerate >= 1.15, ``register_tracker_class``; on 1.8–1.14 pass the instance); options then come from
 ``init_trackers(..., init_kwargs={"autolog": {...}})``.
 
 - One run per job: Accelerate opens trackers and logs on the main process only, so rank 0
