@@ -101,6 +101,7 @@ def test_deepcopy_and_pickle_of_a_watched_model(tmp_path):
 
 def _child(rank, model, out):
     assert _no_autolog_hooks(model)
+    torch.manual_seed(0)  # the model's dropout: a spawned child's generator is seeded anew each time
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     first = _step(model, opt).item()
     for _ in range(5):
