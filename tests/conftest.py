@@ -1,8 +1,16 @@
 import os
+import signal
 
 import pytest
 
 pytest_plugins = ["autolog.testing"]
+
+# The signal tests need Ctrl-C's usual behaviour here and in the children they start. A shell
+# that runs the suite in the background without job control (`bash -c 'pytest &'`, nohup) starts
+# it with SIGINT ignored, and an ignored signal stays ignored across exec: give the suite the
+# behaviour of a terminal (a Python handler here, so exec'd children get the default back).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
