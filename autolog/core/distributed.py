@@ -140,12 +140,10 @@ class Coordinator:
                 return None
         return None
 
-    def reduce(self, entries: list[tuple[str, int, Any, str]], device: torch.device) -> list[float] | None:
-        """Reduce (name, step, value, op) entries across ranks with one all_gather.
-
-        Returns the reduced values on rank 0, None on other ranks."""
-        dist = torch.distributed
-        signature = hashlib.sha1(json.dumps([(n, s, op) for n, s, _v, op in entries]).encode()).hexdigest()
+    def agree(self, signature: str, describe: str) -> None:
+        """Check, through the store (not a collective), that every rank reached this reduction
+        point with the same `signature`; raise `DistributedMismatchError` when one differs or
+        does not arrive within the timeout. `describe`: what this rank has, for the message."""
         self.reductions += 1
         key = f"{self.prefix}/reduce/{self.reductions}"
         self.store.set(f"{key}/{self.ctx.rank}", signature)
@@ -154,11 +152,20 @@ class Coordinator:
         others = {r: self.store.get(p).decode() for r, p in enumerate(peers)}
         bad = {r: s for r, s in others.items() if s != signature}
         if bad:
-            names = sorted({n for n, _s, _v, _o in entries})
             raise DistributedMismatchError(
                 f"autolog: ranks disagree on the values to reduce at reduction point {self.reductions} "
-                f"(rank {self.ctx.rank} has {len(entries)} values: {names[:8]}; ranks {sorted(bad)} differ). "
-                "Every rank must log the same names with sync_dist=True between reduction points.")
+                f"(rank {self.ctx.rank} has {describe}; ranks {sorted(bad)} differ). "
+                "Every rank must log the same names with sync_dist=True, and watch the same models, "
+                "between reduction points.")
+
+    def reduce(self, entries: list[tuple[str, int, Any, str]], device: torch.device) -> list[float] | None:
+        """Reduce (name, step, value, op) entries across ranks with one all_gather.
+
+        Returns the reduced values on rank 0, None on other ranks."""
+        dist = torch.distributed
+        signature = hashlib.sha1(json.dumps([(n, s, op) for n, s, _v, op in entries]).encode()).hexdigest()
+        names = sorted({n for n, _s, _v, _o in entries})
+        self.agree(signature, f"{len(entries)} values: {names[:8]}")
         if not entries:
             return [] if self.ctx.is_main else None
         values = torch.stack([v.detach().reshape(()).to(device=device, dtype=torch.float64)
@@ -176,3 +183,17 @@ class Coordinator:
         for i, op in enumerate(ops):
             out.append(host[op][i])
         return out
+
+    def reduce_max_then_sum(self, signature: Any, describe: str, maxes: torch.Tensor,
+                            sums: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two collectives, on packed 1-D float64 tensors: all_reduce(MAX) of `maxes`, then
+        all_reduce(SUM) of ``sums(reduced maxes)`` (the sums may depend on the maxima, e.g.
+        histogram bins over the global range). The agreement check comes first, so a rank that
+        died or watches something else fails the others instead of hanging them."""
+        dist = torch.distributed
+        self.agree(hashlib.sha1(json.dumps(signature).encode()).hexdigest(), describe)
+        maxes = maxes.clone()
+        dist.all_reduce(maxes, op=dist.ReduceOp.MAX)
+        summed = sums(maxes).clone()
+        dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+        return maxes, summed

@@ -1,0 +1,200 @@
+"""`watch` statistics of sharded models (FSDP2 ``fully_shard``, HSDP, DTensor tensor parallel):
+the statistics of the *full* parameters and gradients, from the shards every rank holds.
+
+At a watched step every rank computes, on the device and without reading a value back, the
+partials of its local part (``DTensor.to_local()``): sums of squares (norms, update ratios),
+finite minimum and maximum (histograms); they wait here, on the device, until the next
+reduction point (the hand-off at every ``log_every``-th step, and the end of the run: the points
+where ``sync_dist`` values are reduced, `autolog.core.distributed`). There every rank joins two
+packed collectives, whatever the number of parameters:
+
+1. ``all_reduce(MAX)`` of [max, -min] per histogram, and of -(first non-finite step) per
+   parameter of the NaN/Inf alarm (a MIN over ranks: the alarm sees every rank's shard);
+2. ``all_reduce(SUM)`` of the sums of squares and of the histogram bins, binned between the
+   global minimum and maximum that collective 1 gave.
+
+A histogram needs the global range before binning, so the local shard of each histogrammed
+tensor is kept (a copy, on its device) from the watched step to the reduction point: extra
+memory of one local shard per histogram of a watched step, freed at the reduction point. With
+``histograms=False`` nothing but a few scalars per parameter is kept.
+
+Replicated mesh dimensions (HSDP's replicate dimension, a tensor-parallel Replicate parameter)
+are counted once: only the rank at coordinate 0 of those dimensions contributes its sums and
+bins (the others contribute zeros; min/max are idempotent). A plain (not DTensor) parameter of
+a sharded model counts as replicated on every rank: rank 0 contributes it. Rank 0 records the
+results; the other ranks record nothing.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import torch
+
+from autolog.capture import stats
+
+_NEVER = float(2**62)  # "no bad step" in the alarm's MIN reduction (exact in float64)
+# Parts of parameter names that wrappers add (FSDP1, activation checkpointing, torch.compile,
+# DDP): the user's names are recorded without them.
+WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def _dtensor_type() -> Any:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch without distributed
+        return None
+    return DTensor
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether `model` holds DTensor parameters (``fully_shard``, ``parallelize_module``)."""
+    dtensor = _dtensor_type()
+    return dtensor is not None and any(isinstance(p, dtensor) for p in model.parameters())
+
+
+def clean_name(name: str) -> str:
+    """The user's parameter name: without the parts wrappers add, nor a leading ``module.``."""
+    for part in WRAPPER_PARTS:
+        name = name.replace(part, "")
+    return name.removeprefix("module.")
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of `tensor` (a DTensor's local shard; a plain tensor itself)."""
+    to_local = getattr(tensor, "to_local", None)
+    return (to_local() if to_local is not None else tensor).detach()
+
+
+def weight(tensor: torch.Tensor, rank: int) -> float:
+    """1.0 when this rank's part of `tensor` counts in the sums, else 0.0: the rank at coordinate
+    0 of every mesh dimension the tensor is not sharded over (plain tensors: rank 0)."""
+    mesh = getattr(tensor, "device_mesh", None)
+    if mesh is None:
+        return 1.0 if rank == 0 else 0.0
+    for dim, placement in enumerate(tensor.placements):
+        if not placement.is_shard() and mesh.get_local_rank(dim) != 0:
+            return 0.0
+    return 1.0
+
+
+class ShardedStats:
+    """Pending partials of a run's sharded watched models; reduced at each reduction point."""
+
+    def __init__(self, run: Any, monitor: Any, guard: Any) -> None:
+        self.run = run
+        self.monitor = monitor
+        self.guard = guard
+        self.rank = run.dist.rank
+        self.enabled = False  # a sharded model was watched: every reduction point reduces
+        self._clear()
+
+    def _clear(self) -> None:
+        # (names, step, sums of squares, total name or None): norms (and a total)
+        self.norms: list[tuple[tuple[str, ...], int, torch.Tensor, str | None]] = []
+        # (names, step, delta sums of squares, weight sums of squares): update ratios
+        self.ratios: list[tuple[tuple[str, ...], int, torch.Tensor, torch.Tensor]] = []
+        # (name, step, local values (1-D copy), weight, [max, -min]): histograms
+        self.hists: list[tuple[str, int, torch.Tensor, float, torch.Tensor]] = []
+
+    # -- training thread, at watched steps (no value read) ----------------------------------
+    def weights(self, tensors: Sequence[torch.Tensor]) -> list[float]:
+        return [weight(t, self.rank) for t in tensors]
+
+    def sums(self, tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+        """Weighted local sums of squares (float64), one per tensor, one fused kernel."""
+        with torch.no_grad():
+            norms = torch.stack(torch._foreach_norm([local(t) for t in tensors], 2, dtype=torch.float64))
+            return norms * norms * torch.tensor(weights, dtype=torch.float64, device=norms.device)
+
+    def add_norms(self, names: tuple[str, ...], step: int, sums: torch.Tensor, total: str | None = None) -> None:
+        self.norms.append((names, step, sums, total))
+
+    def add_ratios(self, names: tuple[str, ...], step: int, before: list[torch.Tensor],
+                   before_sums: torch.Tensor, after: Sequence[torch.Tensor], weights: Sequence[float]) -> None:
+        """`before`: local copies of the weights before the step (consumed)."""
+        with torch.no_grad():
+            torch._foreach_sub_(before, [local(a) for a in after])
+        self.ratios.append((names, step, self.sums(before, weights), before_sums))
+
+    def add_histogram(self, name: str, step: int, tensor: torch.Tensor, w: float) -> None:
+        if tensor.is_complex():
+            return
+        with torch.no_grad():
+            x = stats.flat_float(local(tensor)).clone()
+            low, high = stats.finite_range(x)
+            self.hists.append((name, step, x, w, torch.stack([high, -low]).to(torch.float64)))
+
+    # -- training thread, at a reduction point ----------------------------------------------
+    def pending(self) -> bool:
+        return self.enabled or bool(self.norms or self.ratios or self.hists)
+
+    def reduce(self, coordinator: Any, device: torch.device) -> None:
+        """The two collectives (see the module's docstring); rank 0 records the results."""
+        from autolog.core.distributed import DistributedMismatchError
+
+        try:
+            self._reduce(coordinator, device)
+        except DistributedMismatchError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- never out of the user's optimizer step
+            self.guard.fail("watch", exc)
+
+    def _reduce(self, coordinator: Any, device: torch.device) -> None:
+        norms, ratios, hists = self.norms, self.ratios, self.hists
+        self._clear()
+        groups = list(self.monitor._groups.items()) if self.monitor.active else []
+        signature = [[n, s, t] for n, s, _v, t in norms] + [[n, s] for n, s, _d, _b in ratios]
+        signature += [[n, s] for n, s, _x, _w, _m in hists] + [[list(k[1]), g[0]] for k, g in groups]
+        describe = f"{len(norms) + len(ratios)} sharded norm groups, {len(hists)} histograms"
+        with torch.no_grad():
+            maxes = [m.to(device) for _n, _s, _x, _w, m in hists]
+            maxes += [-torch.where(first < 0, _NEVER, first.to(torch.float64)).to(device) for _k, (_o, first) in groups]
+            max_vec = torch.cat(maxes) if maxes else torch.zeros(0, dtype=torch.float64, device=device)
+            sum_parts = [v.to(device) for _n, _s, v, _t in norms]
+            sum_parts += [t.to(device) for _n, _s, d, b in ratios for t in (d, b)]
+
+            def with_bins(reduced: torch.Tensor) -> torch.Tensor:
+                bins = []
+                for i, (_n, _s, x, w, _m) in enumerate(hists):
+                    high, low = reduced[2 * i], -reduced[2 * i + 1]
+                    counts, _lo, _hi = stats.bin_between(x, low.to(x.dtype), high.to(x.dtype))
+                    bins.append((counts * w).to(device, torch.float64))
+                parts = sum_parts + bins
+                return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.float64, device=device)
+
+            if coordinator is None:  # one process: nothing to reduce
+                max_all, sum_all = max_vec, with_bins(max_vec)
+            else:
+                max_all, sum_all = coordinator.reduce_max_then_sum(signature, describe, max_vec, with_bins)
+            offset = 2 * len(hists)
+            for (_key, (start, first)), n in zip(groups, [g[1].numel() for _k, g in groups]):
+                late = -max_all[offset:offset + n]
+                offset += n
+                reduced = torch.where(late == _NEVER, -1.0, late).to(torch.int64).to(first.device)
+                self.monitor._groups[_key] = (start, reduced)
+            if self.run.is_follower:
+                return
+            self._record(norms, ratios, hists, max_all, sum_all)
+
+    def _record(self, norms, ratios, hists, max_all, sum_all) -> None:
+        buffer = self.run._buffer
+        wall = time.time()
+        at = 0
+        for names, step, v, total in norms:
+            part = sum_all[at:at + v.numel()]
+            at += v.numel()
+            buffer.vector(names, step, part.sqrt(), wall)
+            if total is not None:
+                buffer.scalar(total, step, part.sum().sqrt(), wall)
+        for names, step, d, _b in ratios:
+            delta = sum_all[at:at + d.numel()].sqrt()
+            norm = sum_all[at + d.numel():at + 2 * d.numel()].sqrt()
+            at += 2 * d.numel()
+            buffer.vector(names, step, torch.where(delta == 0, torch.zeros_like(delta), delta / norm), wall)
+        for i, (name, step, _x, _w, _m) in enumerate(hists):
+            counts = sum_all[at:at + stats.BINS]
+            at += stats.BINS
+            high, low = max_all[2 * i], -max_all[2 * i + 1]
+            empty = low > high
+            buffer.histogram(name, step, counts, torch.where(empty, 0.0, low), torch.where(empty, 1.0, high), wall)
