@@ -50,10 +50,12 @@ def _count_autolog_collectives() -> list:
     return calls
 
 
-def _model() -> nn.Module:
+def _model(kind: str) -> nn.Module:
     torch.manual_seed(0)
-    # odd sizes: shards of unequal length (7 rows over 2 or 4 ranks)
-    return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 6), nn.Tanh(), nn.Linear(6, 3))
+    # FSDP: odd sizes, shards of unequal length (7 rows over 2 or 4 ranks); tensor parallel
+    # (colwise 0, rowwise 2) needs the hidden size to divide evenly
+    hidden = 8 if kind == "tp" else 7
+    return nn.Sequential(nn.Linear(5, hidden), nn.Tanh(), nn.Linear(hidden, 6), nn.Tanh(), nn.Linear(6, 4))
 
 
 def _shard(kind: str, model: nn.Module, world: int) -> nn.Module:
@@ -77,7 +79,10 @@ def _shard(kind: str, model: nn.Module, world: int) -> nn.Module:
         from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
         mesh = init_device_mesh("cpu", (world,))
-        parallelize_module(model, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
+        from torch.distributed.tensor import Replicate
+
+        parallelize_module(model, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel(),
+                                         "4": ColwiseParallel(output_layouts=Replicate())})
     return model
 
 
@@ -98,7 +103,7 @@ def _hist(x: torch.Tensor) -> tuple[list, float, float]:
 def _train(kind, rank, world, root, refs):
     """STEPS steps of training; with `root`, inside an autolog run watching the model, and with
     the reference statistics of the watched steps collected in `refs`."""
-    model = _shard(kind, _model(), world)
+    model = _shard(kind, _model(kind), world)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     # data: each rank its own batch (FSDP, HSDP); the same on every rank (tensor parallel)
     gen = torch.Generator().manual_seed(100 + (0 if kind == "tp" else rank))
@@ -108,7 +113,7 @@ def _train(kind, rank, world, root, refs):
         if root is not None:
             autolog.watch(model, log="all", log_every=LOG_EVERY, histograms=True)
         for step in range(STEPS):
-            x, y = torch.randn(8, 5, generator=gen), torch.randn(8, 3, generator=gen)
+            x, y = torch.randn(8, 5, generator=gen), torch.randn(8, 4, generator=gen)
             loss = nn.functional.mse_loss(model(x), y)
             opt.zero_grad()
             loss.backward()
