@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import autolog
+from autolog.core.distributed import DistributedMismatchError
 
 STEPS = 6
 LOG_EVERY = 3
@@ -213,3 +214,62 @@ def test_watch_records_the_full_parameters_statistics(tmp_path, kind, world):
         assert [s for _n, s in calls] == [3, 3, 6, 6, "end", "end"]
     # rank 0 alone wrote: one run directory
     assert len(os.listdir(tmp_path / kind)) == 1
+
+
+def _fault_worker(rank, world, fault, root, port, queue):
+    """FSDP2, 2 ranks. fault="nan": rank 1 puts a NaN in its shard of 2.weight's gradient at
+    step 4. fault="die": rank 1 leaves at its last step, before the reduction point."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), AUTOLOG_DIST_TIMEOUT="3")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    model = _shard("fsdp2", _model("fsdp2"), world)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(100 + rank)
+    outcome = "ok"
+    try:
+        with autolog.run(project="fault", dir=root, sinks=["local"], log_every=LOG_EVERY):
+            autolog.watch(model, log="gradients", log_every=LOG_EVERY, histograms=False)
+            for step in range(STEPS):
+                x, y = torch.randn(8, 5, generator=gen), torch.randn(8, 4, generator=gen)
+                loss = nn.functional.mse_loss(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                if fault == "nan" and rank == 1 and step == 4:
+                    dict(model.named_parameters())["2.weight"].grad.to_local()[0, 0] = float("nan")
+                if fault == "die" and rank == 1 and step == STEPS - 1:
+                    queue.put((rank, "left"))
+                    os._exit(0)  # a rank that is gone: no exception, no goodbye
+                opt.step()
+    except DistributedMismatchError as exc:
+        outcome = f"mismatch: {exc}"
+    queue.put((rank, outcome))
+    if fault != "die":
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _spawn_fault(tmp_path, fault):
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    mp.spawn(_fault_worker, args=(2, fault, str(tmp_path), _free_port(), queue), nprocs=2, join=True)
+    results = {}
+    while not queue.empty():
+        rank, outcome = queue.get()
+        results[rank] = outcome
+    return results
+
+
+def test_nan_alarm_names_the_first_bad_parameter_of_any_rank(tmp_path):
+    results = _spawn_fault(tmp_path, "nan")
+    assert results == {0: "ok", 1: "ok"}
+    [run] = autolog.list_runs(str(tmp_path))
+    # only rank 1's shard was bad at step 4: rank 0 alone would see it no earlier than step 5
+    assert run.meta["nonfinite"] == {"step": 4, "parameter": "2.weight", "loss": False}
+
+
+def test_a_rank_that_dies_fails_the_others_after_the_timeout(tmp_path):
+    results = _spawn_fault(tmp_path, "die")
+    assert results[1] == "left"
+    assert results[0].startswith("mismatch: ") and "waited 3s" in results[0]
+    [run] = autolog.list_runs(str(tmp_path))
+    assert run.status == "failed"
