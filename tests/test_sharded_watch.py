@@ -76,6 +76,13 @@ def _shard(kind: str, model: nn.Module, world: int) -> nn.Module:
         for layer in (model[0], model[2]):
             fully_shard(layer, mesh=mesh)
         fully_shard(model, mesh=mesh)
+    elif kind in ("fsdp1", "fsdp1_orig"):
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        cpu, orig = torch.device("cpu"), kind == "fsdp1_orig"
+        model[0] = FSDP(model[0], device_id=cpu, use_orig_params=orig)
+        model[2] = FSDP(model[2], device_id=cpu, use_orig_params=orig)
+        model = FSDP(model, device_id=cpu, use_orig_params=orig)
     elif kind == "tp":
         from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
@@ -89,6 +96,37 @@ def _shard(kind: str, model: nn.Module, world: int) -> nn.Module:
 
 def _full(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def _clean(name: str) -> str:
+    return name.replace("_fsdp_wrapped_module.", "")
+
+
+def _fsdp1_full(model: nn.Module, grads: bool) -> dict:
+    """FSDP1 references: each original parameter (or its gradient) in full; without
+    use_orig_params from the flat parameters' shards gathered by the test and split as FSDP1
+    lays them out (no padding between parameters), with it by FSDP's summon_full_params."""
+    out = {}
+    if any(getattr(getattr(m, "_handle", None), "_use_orig_params", False) for m in model.modules()):
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        with FSDP.summon_full_params(model, with_grads=grads):
+            return {_clean(n): (p.grad if grads else p).detach().clone() for n, p in model.named_parameters()}
+    for prefix, module in model.named_modules():
+        handle = getattr(module, "_handle", None)
+        if type(module).__name__ != "FullyShardedDataParallel" or handle is None:
+            continue
+        fp = handle.flat_param
+        shard = (fp.grad if grads else fp).detach()
+        gathered = [torch.empty_like(shard) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, shard.contiguous())
+        flat = torch.cat(gathered)
+        base = _clean(prefix + ".") if prefix else ""
+        at = 0
+        for fqn, numel, shape in zip(fp._fqns, fp._numels, fp._shapes):
+            out[base + fqn] = flat[at:at + numel].reshape(shape).clone()
+            at += numel
+    return out
 
 
 def _hist(x: torch.Tensor) -> tuple[list, float, float]:
@@ -118,12 +156,20 @@ def _train(kind, rank, world, root, refs):
             loss = nn.functional.mse_loss(model(x), y)
             opt.zero_grad()
             loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1e9)  # a DTensor under FSDP2
+            if kind.startswith("fsdp1"):  # FSDP1's own: the norm over every rank's shards
+                norm = model.clip_grad_norm_(1e9)
+            else:  # a DTensor under FSDP2 and tensor parallel
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1e9)
             clip_norms.append(float(_full(norm)))
             if step in WATCHED and refs is not None:
-                names = [n for n, _p in model.named_parameters()]
-                grads = [_full(p.grad) for p in model.parameters()]
-                before = [_full(p.detach()).clone() for p in model.parameters()]
+                if kind.startswith("fsdp1"):
+                    full_grads = _fsdp1_full(model, grads=True)
+                    names, grads = list(full_grads), list(full_grads.values())
+                    before = list(_fsdp1_full(model, grads=False).values())
+                else:
+                    names = [n for n, _p in model.named_parameters()]
+                    grads = [_full(p.grad) for p in model.parameters()]
+                    before = [_full(p.detach()).clone() for p in model.parameters()]
                 refs[step] = {
                     "grad_norm": {n: float(g.norm()) for n, g in zip(names, grads)},
                     "total": float(torch.nn.utils.get_total_norm(grads)),
@@ -133,7 +179,10 @@ def _train(kind, rank, world, root, refs):
                 }
             opt.step()
             if step in WATCHED and refs is not None:
-                after = [_full(p.detach()) for p in model.parameters()]
+                if kind.startswith("fsdp1"):
+                    after = list(_fsdp1_full(model, grads=False).values())
+                else:
+                    after = [_full(p.detach()) for p in model.parameters()]
                 refs[step]["update_ratio"] = {n: float((a - b).norm() / b.norm())
                                               for n, a, b in zip(names, after, before)}
             losses.append(float(_full(loss.detach())))
@@ -143,7 +192,7 @@ def _train(kind, rank, world, root, refs):
     else:
         with autolog.run(project=kind, dir=root, sinks=["local"], log_every=LOG_EVERY):
             loop()
-    final = [_full(p.detach()).clone() for p in model.parameters()]
+    final = [_full(p.detach()).clone() for p in model.parameters()]  # FSDP1: the local shards
     return losses, clip_norms, final
 
 
@@ -178,7 +227,7 @@ def _spawn(tmp_path, kind, world):
 NAMES = ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
 
 
-@pytest.mark.parametrize("kind,world", [("fsdp2", 2), ("hsdp", 4), ("tp", 2)])
+@pytest.mark.parametrize("kind,world", [("fsdp2", 2), ("hsdp", 4), ("tp", 2), ("fsdp1", 2), ("fsdp1_orig", 2)])
 def test_watch_records_the_full_parameters_statistics(tmp_path, kind, world):
     results = _spawn(tmp_path, kind, world)
     assert sorted(results) == list(range(world))

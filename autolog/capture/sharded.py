@@ -48,9 +48,39 @@ def _dtensor_type() -> Any:
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
-    """Whether `model` holds DTensor parameters (``fully_shard``, ``parallelize_module``)."""
+    """Whether `model` holds DTensor parameters (``fully_shard``, ``parallelize_module``) or is
+    (or holds) an FSDP1 ``FullyShardedDataParallel``."""
     dtensor = _dtensor_type()
-    return dtensor is not None and any(isinstance(p, dtensor) for p in model.parameters())
+    if dtensor is not None and any(isinstance(p, dtensor) for p in model.parameters()):
+        return True
+    return bool(_fsdp1_handles(model))
+
+
+def _fsdp1_handles(model: torch.nn.Module) -> list[Any]:
+    return [m._handle for m in model.modules()
+            if type(m).__name__ == "FullyShardedDataParallel" and getattr(m, "_handle", None) is not None]
+
+
+def named_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter, tuple[int, int] | None, bool]]:
+    """(user name, parameter, piece, split) per parameter of a sharded model. FSDP1 without
+    ``use_orig_params``: one entry per original parameter of each flat parameter, `piece` =
+    (offset, length) of its part in this rank's flat shard ((0, 0): none here). `split`: the
+    parameter's local parts on the ranks are disjoint (FSDP1): every rank's part counts."""
+    handles = _fsdp1_handles(model)
+    flat = {id(h.flat_param): h.flat_param for h in handles}
+    orig = {id(p) for h in handles if getattr(h, "_use_orig_params", False)
+            for p in (getattr(h.flat_param, "_params", None) or ())}
+    out: list[tuple[str, torch.nn.Parameter, tuple[int, int] | None, bool]] = []
+    for name, param in model.named_parameters():
+        fp = flat.get(id(param))
+        if fp is None:
+            out.append((clean_name(name), param, None, id(param) in orig))
+            continue
+        base = name[:-len("_flat_param")] if name.endswith("_flat_param") else ""
+        for fqn, info in zip(fp._fqns, fp._shard_param_infos):
+            piece = (int(info.offset_in_shard), int(info.numel_in_shard)) if info.in_shard else (0, 0)
+            out.append((clean_name(base + fqn), param, piece, True))
+    return out
 
 
 def clean_name(name: str) -> str:
@@ -60,18 +90,21 @@ def clean_name(name: str) -> str:
     return name.removeprefix("module.")
 
 
-def local(tensor: torch.Tensor) -> torch.Tensor:
-    """This rank's part of `tensor` (a DTensor's local shard; a plain tensor itself)."""
+def local(tensor: torch.Tensor, piece: tuple[int, int] | None = None) -> torch.Tensor:
+    """This rank's part of `tensor` (a DTensor's local shard; a plain tensor itself; `piece`:
+    a slice of a flat 1-D parameter)."""
     to_local = getattr(tensor, "to_local", None)
-    return (to_local() if to_local is not None else tensor).detach()
+    out = (to_local() if to_local is not None else tensor).detach()
+    return out if piece is None else out[piece[0]:piece[0] + piece[1]]
 
 
-def weight(tensor: torch.Tensor, rank: int) -> float:
+def weight(tensor: torch.Tensor, rank: int, split: bool = False) -> float:
     """1.0 when this rank's part of `tensor` counts in the sums, else 0.0: the rank at coordinate
-    0 of every mesh dimension the tensor is not sharded over (plain tensors: rank 0)."""
+    0 of every mesh dimension the tensor is not sharded over (plain tensors: rank 0; `split`,
+    FSDP1's disjoint parts: every rank)."""
     mesh = getattr(tensor, "device_mesh", None)
     if mesh is None:
-        return 1.0 if rank == 0 else 0.0
+        return 1.0 if split or rank == 0 else 0.0
     for dim, placement in enumerate(tensor.placements):
         if not placement.is_shard() and mesh.get_local_rank(dim) != 0:
             return 0.0
@@ -98,13 +131,10 @@ class ShardedStats:
         self.hists: list[tuple[str, int, torch.Tensor, float, torch.Tensor]] = []
 
     # -- training thread, at watched steps (no value read) ----------------------------------
-    def weights(self, tensors: Sequence[torch.Tensor]) -> list[float]:
-        return [weight(t, self.rank) for t in tensors]
-
-    def sums(self, tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
-        """Weighted local sums of squares (float64), one per tensor, one fused kernel."""
+    def sums(self, parts: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+        """Weighted sums of squares (float64) of local `parts`, one per part, one fused kernel."""
         with torch.no_grad():
-            norms = torch.stack(torch._foreach_norm([local(t) for t in tensors], 2, dtype=torch.float64))
+            norms = torch.stack(torch._foreach_norm(list(parts), 2, dtype=torch.float64))
             return norms * norms * torch.tensor(weights, dtype=torch.float64, device=norms.device)
 
     def add_norms(self, names: tuple[str, ...], step: int, sums: torch.Tensor, total: str | None = None) -> None:
@@ -112,16 +142,18 @@ class ShardedStats:
 
     def add_ratios(self, names: tuple[str, ...], step: int, before: list[torch.Tensor],
                    before_sums: torch.Tensor, after: Sequence[torch.Tensor], weights: Sequence[float]) -> None:
-        """`before`: local copies of the weights before the step (consumed)."""
+        """`before`: local copies of the weights before the step (consumed); `after`: the local
+        parts after it."""
         with torch.no_grad():
-            torch._foreach_sub_(before, [local(a) for a in after])
+            torch._foreach_sub_(before, list(after))
         self.ratios.append((names, step, self.sums(before, weights), before_sums))
 
-    def add_histogram(self, name: str, step: int, tensor: torch.Tensor, w: float) -> None:
-        if tensor.is_complex():
+    def add_histogram(self, name: str, step: int, part: torch.Tensor, w: float) -> None:
+        """`part`: this rank's local part of the tensor (copied here)."""
+        if part.is_complex():
             return
         with torch.no_grad():
-            x = stats.flat_float(local(tensor)).clone()
+            x = stats.flat_float(part).clone()
             low, high = stats.finite_range(x)
             self.hists.append((name, step, x, w, torch.stack([high, -low]).to(torch.float64)))
 

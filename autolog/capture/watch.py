@@ -133,6 +133,7 @@ class Watched:
         self.configure(options)
         self._params: list[tuple[str, torch.nn.Parameter]] | None = None
         self._subsets: dict[int, tuple[Any, list[tuple[str, torch.nn.Parameter]]]] = {}
+        self._layout: dict[str, tuple[tuple[int, int] | None, bool]] = {}  # sharded: name -> (piece, split)
         self._names: dict[tuple, tuple[str, ...]] = {}
         self.last_stats: dict[int, int] = {}  # optimizer index -> run step of the last statistics
         self.total_optimizer: int | None = None  # whose total is "grad_norm/total"
@@ -217,9 +218,12 @@ class Watched:
                 ) -> list[tuple[str, torch.nn.Parameter]]:
         """The model's named parameters that optimizer `opt` updates (cached)."""
         if refresh or self._params is None:
-            self._params = list(model.named_parameters())
             if self.sharded is not None:
-                self._params = [(sharded.clean_name(n), p) for n, p in self._params]
+                entries = sharded.named_parameters(model)
+                self._params = [(n, p) for n, p, _piece, _split in entries]
+                self._layout = {n: (piece, split) for n, _p, piece, split in entries}
+            else:
+                self._params = list(model.named_parameters())
             self._subsets.clear()
         cached = self._subsets.get(opt.index)
         if cached is None or cached[0] is not ids:
@@ -310,46 +314,58 @@ class Watched:
                 self._histogram(buffer, f"gradients/{self.prefix}{n}", step, g, wall)
 
     # -- sharded models (every rank; see autolog.capture.sharded) --------------------------------
+    def _parts(self, items: list[tuple[str, torch.Tensor]]) -> tuple[list[str], list[torch.Tensor], list[float]]:
+        """Names, this rank's local parts and their weights in the cross-rank sums."""
+        rank, layout = self.sharded.rank, self._layout
+        names, parts, weights = [], [], []
+        for n, t in items:
+            piece, split = layout.get(n, (None, False))
+            names.append(n)
+            parts.append(sharded.local(t, piece))
+            weights.append(sharded.weight(t, rank, split))
+        return names, parts, weights
+
     def _sharded_pre(self, opt: Any, trainable: list[tuple[str, torch.Tensor]], step: int) -> None:
         acc = self.sharded
-        names = [n for n, _p in trainable]
-        tensors = [p for _n, p in trainable]
-        weights = acc.weights(tensors)
-        sums = acc.sums(tensors, weights)
+        names, parts, weights = self._parts(trainable)
+        sums = acc.sums(parts, weights)
         acc.add_norms(self._named("weight_norm/", names), step, sums)
-        before = stats.snapshot([sharded.local(t) for t in tensors])
-        self._updates[opt.index] = [(self._named("update_ratio/", names), tensors, before, (sums, weights), step)]
+        self._updates[opt.index] = [(self._named("update_ratio/", names), trainable, stats.snapshot(parts),
+                                     (sums, weights), step)]
         if self.histograms:
-            for (n, p), w in zip(trainable, weights):
-                acc.add_histogram(f"parameters/{self.prefix}{n}", step, p, w)
+            for n, part, w in zip(names, parts, weights):
+                acc.add_histogram(f"parameters/{self.prefix}{n}", step, part, w)
 
     def _sharded_post(self, opt: Any, ids: frozenset[int], step: int, stats_step: bool, model: Any) -> None:
         acc = self.sharded
-        for names, tensors, before, (sums, weights), at in self._updates.pop(opt.index, None) or ():
-            acc.add_ratios(names, at, before, sums, tensors, weights)
+        for names, trainable, before, (sums, weights), at in self._updates.pop(opt.index, None) or ():
+            acc.add_ratios(names, at, before, sums, self._parts(trainable)[1], weights)
         monitor = self.capture.monitor
         want_grads = stats_step and self.log in ("gradients", "all")
         if not (want_grads or monitor.active):
             return
-        grads = [(n, p.grad) for n, p in self._subset(model, opt, ids, refresh=False)
-                 if p.requires_grad and p.grad is not None and p.grad.layout == torch.strided]
+        grads = []
+        for n, p in self._subset(model, opt, ids, refresh=False):
+            grad = p.grad
+            if grad is None and self._layout.get(n, (None, False))[1] and sharded.local(p).numel() == 0:
+                grad = p.detach()  # FSDP1 (use_orig_params): no part of it here, no gradient
+            if p.requires_grad and grad is not None and grad.layout == torch.strided:
+                grads.append((n, grad))
         if not grads:
             return
-        names = [n for n, _g in grads]
-        tensors = [g for _n, g in grads]
-        if monitor.active:  # this rank's shards; the alarm is reduced over ranks at the hand-off
-            monitor.check_gradients(self._named("", names), stats.norms([sharded.local(g) for g in tensors]), step)
+        names, parts, weights = self._parts(grads)
+        if monitor.active:  # this rank's parts; the alarm is reduced over ranks at the hand-off
+            monitor.check_gradients(self._named("", names), stats.norms(parts), step)
         if not want_grads:
             return
         if self.total_optimizer is None:
             self.total_optimizer = opt.index
-        weights = acc.weights(tensors)
         suffix = "" if opt.index == self.total_optimizer else f"/{opt.label or opt.index}"
-        acc.add_norms(self._named("grad_norm/", names), step, acc.sums(tensors, weights),
+        acc.add_norms(self._named("grad_norm/", names), step, acc.sums(parts, weights),
                       f"grad_norm/{self.prefix}total{suffix}")
         if self.histograms:
-            for n, g, w in zip(names, tensors, weights):
-                acc.add_histogram(f"gradients/{self.prefix}{n}", step, g, w)
+            for n, part, w in zip(names, parts, weights):
+                acc.add_histogram(f"gradients/{self.prefix}{n}", step, part, w)
 
     def backward_step(self, source: Any, ids: frozenset[int], step: int) -> None:
         """A run without optimizer, at the end of the backward that completes `step`: the
@@ -360,7 +376,8 @@ class Watched:
             wall = time.time()
             for names, tensors, before, before_norms, at in held:
                 if self.sharded is not None:
-                    self.sharded.add_ratios(names, at, before, before_norms[0], tensors, before_norms[1])
+                    self.sharded.add_ratios(names, at, before, before_norms[0], self._parts(tensors)[1],
+                                            before_norms[1])
                 else:
                     self.capture.run._buffer.vector(names, at, stats.update_ratios(before, before_norms, tensors), wall)
         if not self.pre_step(source, ids, step):
