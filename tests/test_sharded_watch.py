@@ -190,7 +190,8 @@ def _train(kind, rank, world, root, refs):
     if root is None:
         loop()
     else:
-        with autolog.run(project=kind, dir=root, sinks=["local"], log_every=LOG_EVERY):
+        # sync_dist: the loss (the mean over ranks) travels in the same two collectives
+        with autolog.run(project=kind, dir=root, sinks=["local"], log_every=LOG_EVERY, sync_dist=True):
             loop()
     final = [_full(p.detach()).clone() for p in model.parameters()]  # FSDP1: the local shards
     return losses, clip_norms, final
@@ -207,7 +208,7 @@ def _worker(rank, world, kind, root, port, queue):
         plain_losses, plain_clips, plain_final = _train(kind, rank, world, None, None)
         identical = (losses == plain_losses and clips == plain_clips
                      and all(torch.equal(a, b) for a, b in zip(final, plain_final)))
-        queue.put((rank, refs if rank == 0 else None, calls, identical, clips))
+        queue.put((rank, refs if rank == 0 else None, calls, identical, clips, losses))
     finally:
         dist.barrier()
         dist.destroy_process_group()
@@ -255,8 +256,12 @@ def test_watch_records_the_full_parameters_statistics(tmp_path, kind, world):
     assert [s for s, _v in run.metrics["train/grad_norm"]] == list(range(STEPS))
     for (_s, got), want in zip(run.metrics["train/grad_norm"], clips):
         assert got == pytest.approx(want, rel=1e-5)
+    # train/loss with sync_dist: the mean of every rank's loss
+    for step, got in run.metrics["train/loss"]:
+        assert got == pytest.approx(sum(results[r][5][step] for r in range(world)) / world, rel=1e-6)
+    assert [s for s, _v in run.metrics["train/loss"]] == list(range(STEPS))
     for rank in range(world):
-        _r, _refs, calls, identical, _clips = results[rank]
+        _r, _refs, calls, identical, _clips, _losses = results[rank]
         assert identical, f"rank {rank}: training differs with autolog"
         # two packed collectives per reduction point, at the hand-offs only (never in a hook)
         assert [name for name, _s in calls] == ["all_reduce", "all_reduce"] * REDUCTION_POINTS

@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import torch
 
 from autolog.capture import stats
+from autolog.core.distributed import as_float64
 
 _NEVER = float(2**62)  # "no bad step" in the alarm's MIN reduction (exact in float64)
 # Parts of parameter names that wrappers add (FSDP1, activation checkpointing, torch.compile,
@@ -161,29 +162,40 @@ class ShardedStats:
     def pending(self) -> bool:
         return self.enabled or bool(self.norms or self.ratios or self.hists)
 
-    def reduce(self, coordinator: Any, device: torch.device) -> None:
-        """The two collectives (see the module's docstring); rank 0 records the results."""
+    def reduce(self, coordinator: Any, device: torch.device, synced: list[tuple[str, int, Any, str]] = ()) -> None:
+        """The two collectives (see the module's docstring); rank 0 records the results.
+
+        `synced`: the run's ``sync_dist`` values of this reduction point (name, step, value, op),
+        reduced in the same two collectives (mean and sum in the SUM, max and min in the MAX),
+        so that a reduction point costs two collectives in all."""
         from autolog.core.distributed import DistributedMismatchError
 
         try:
-            self._reduce(coordinator, device)
+            self._reduce(coordinator, device, list(synced))
         except DistributedMismatchError:
             raise
         except Exception as exc:  # noqa: BLE001 -- never out of the user's optimizer step
             self.guard.fail("watch", exc)
 
-    def _reduce(self, coordinator: Any, device: torch.device) -> None:
+    def _reduce(self, coordinator: Any, device: torch.device, synced: list[tuple[str, int, Any, str]]) -> None:
         norms, ratios, hists = self.norms, self.ratios, self.hists
         self._clear()
         groups = list(self.monitor._groups.items()) if self.monitor.active else []
         signature = [[n, s, t] for n, s, _v, t in norms] + [[n, s] for n, s, _d, _b in ratios]
         signature += [[n, s] for n, s, _x, _w, _m in hists] + [[list(k[1]), g[0]] for k, g in groups]
+        signature += [[n, s, op] for n, s, _v, op in synced]
         describe = f"{len(norms) + len(ratios)} sharded norm groups, {len(hists)} histograms"
         with torch.no_grad():
             maxes = [m.to(device) for _n, _s, _x, _w, m in hists]
             maxes += [-torch.where(first < 0, _NEVER, first.to(torch.float64)).to(device) for _k, (_o, first) in groups]
+            values = torch.stack([as_float64(v, device) for _n, _s, v, _o in synced]) if synced else None
+            if values is not None:
+                signs = torch.tensor([-1.0 if op == "min" else 1.0 for _n, _s, _v, op in synced],
+                                     dtype=torch.float64, device=device)
+                maxes.append(values * signs)
             max_vec = torch.cat(maxes) if maxes else torch.zeros(0, dtype=torch.float64, device=device)
-            sum_parts = [v.to(device) for _n, _s, v, _t in norms]
+            sum_parts = [values] if values is not None else []
+            sum_parts += [v.to(device) for _n, _s, v, _t in norms]
             sum_parts += [t.to(device) for _n, _s, d, b in ratios for t in (d, b)]
 
             def with_bins(reduced: torch.Tensor) -> torch.Tensor:
@@ -207,6 +219,14 @@ class ShardedStats:
                 self.monitor._groups[_key] = (start, reduced)
             if self.run.is_follower:
                 return
+            if synced:
+                world = self.run.dist.world_size if coordinator is not None else 1
+                top = max_all[offset:offset + len(synced)]
+                wall = time.time()
+                for i, (name, step, _v, op) in enumerate(synced):
+                    value = {"mean": sum_all[i] / world, "sum": sum_all[i], "max": top[i], "min": -top[i]}[op]
+                    self.run._buffer.scalar(name, step, value, wall)
+                sum_all = sum_all[len(synced):]
             self._record(norms, ratios, hists, max_all, sum_all)
 
     def _record(self, norms, ratios, hists, max_all, sum_all) -> None:

@@ -86,6 +86,13 @@ def _store() -> Any:
     return distributed_c10d._get_default_store()
 
 
+def as_float64(value: Any, device: torch.device) -> torch.Tensor:
+    """A logged value (a number or a one-element tensor) as a 0-d float64 tensor on `device`."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().reshape(()).to(device=device, dtype=torch.float64)
+    return torch.tensor(float(value), dtype=torch.float64, device=device)
+
+
 class Coordinator:
     """Run-scoped key-value exchange through the process group's store (no collectives)."""
 
@@ -168,9 +175,7 @@ class Coordinator:
         self.agree(signature, f"{len(entries)} values: {names[:8]}")
         if not entries:
             return [] if self.ctx.is_main else None
-        values = torch.stack([v.detach().reshape(()).to(device=device, dtype=torch.float64)
-                              if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=torch.float64, device=device)
-                              for _n, _s, v, _o in entries])
+        values = torch.stack([as_float64(v, device) for _n, _s, v, _o in entries])
         gathered = [torch.empty_like(values) for _ in range(self.ctx.world_size)]
         dist.all_gather(gathered, values)  # the one collective of this reduction point
         if not self.ctx.is_main:

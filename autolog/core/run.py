@@ -351,8 +351,9 @@ class Run:
         with self._buffer._lock:
             entries, self._sync_pending = self._sync_pending, []
         for reducer in self._reducers:
-            if reducer.pending():
-                reducer.reduce(self.coordinator, self._reduce_device())
+            if reducer.pending():  # the synced values travel in its collectives: two in all
+                reducer.reduce(self.coordinator, self._reduce_device(), entries)
+                entries = []
         if not entries:
             return
         if self.coordinator is None:  # a single process: the values are already "reduced"
