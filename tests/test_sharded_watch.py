@@ -139,6 +139,15 @@ def _hist(x: torch.Tensor) -> tuple[list, float, float]:
     return counts.tolist(), float(low), float(high)
 
 
+def _backward(model, opt, gen) -> torch.Tensor:
+    """One batch's forward and backward (before the optimizer step); returns the loss."""
+    x, y = torch.randn(8, 5, generator=gen), torch.randn(8, 4, generator=gen)
+    loss = nn.functional.mse_loss(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    return loss
+
+
 def _train(kind, rank, world, root, refs):
     """STEPS steps of training; with `root`, inside an autolog run watching the model, and with
     the reference statistics of the watched steps collected in `refs`."""
@@ -152,10 +161,7 @@ def _train(kind, rank, world, root, refs):
         if root is not None:
             autolog.watch(model, log="all", log_every=LOG_EVERY, histograms=True)
         for step in range(STEPS):
-            x, y = torch.randn(8, 5, generator=gen), torch.randn(8, 4, generator=gen)
-            loss = nn.functional.mse_loss(model(x), y)
-            opt.zero_grad()
-            loss.backward()
+            loss = _backward(model, opt, gen)
             if kind.startswith("fsdp1"):  # FSDP1's own: the norm over every rank's shards
                 norm = model.clip_grad_norm_(1e9)
             else:  # a DTensor under FSDP2 and tensor parallel
@@ -284,10 +290,7 @@ def _fault_worker(rank, world, fault, root, port, queue):
         with autolog.run(project="fault", dir=root, sinks=["local"], log_every=LOG_EVERY):
             autolog.watch(model, log="gradients", log_every=LOG_EVERY, histograms=False)
             for step in range(STEPS):
-                x, y = torch.randn(8, 5, generator=gen), torch.randn(8, 4, generator=gen)
-                loss = nn.functional.mse_loss(model(x), y)
-                opt.zero_grad()
-                loss.backward()
+                _backward(model, opt, gen)
                 if fault == "nan" and rank == 1 and step == 4:
                     dict(model.named_parameters())["2.weight"].grad.to_local()[0, 0] = float("nan")
                 if fault == "die" and rank == 1 and step == STEPS - 1:
