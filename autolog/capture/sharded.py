@@ -119,7 +119,7 @@ class ShardedStats:
         self.run = run
         self.monitor = monitor
         self.guard = guard
-        self.rank = run.dist.rank
+        self.rank = getattr(getattr(run, "dist", None), "rank", 0)
         self.enabled = False  # a sharded model was watched: every reduction point reduces
         self._clear()
 

@@ -3,7 +3,8 @@
 One job, one run: rank 0 creates the run and is the only rank that writes; every other rank
 holds a *follower* run with the same id that writes nothing. Values logged with
 ``sync_dist=True`` are reduced across ranks with ONE collective per reduction point, on a
-packed tensor.
+packed tensor; when sharded models are watched (`autolog.capture.sharded`), their statistics and
+the synced values share TWO collectives per reduction point (`Coordinator.reduce_max_then_sum`).
 
 The rule every rank must follow: reduction points are the hand-offs at every ``log_every``-th
 optimizer step and the end of the run — points that depend only on the step count, so every
