@@ -83,6 +83,12 @@ def _shard(kind: str, model: nn.Module, world: int) -> nn.Module:
         model[0] = FSDP(model[0], device_id=cpu, use_orig_params=orig)
         model[2] = FSDP(model[2], device_id=cpu, use_orig_params=orig)
         model = FSDP(model, device_id=cpu, use_orig_params=orig)
+    elif kind == "fsdp1_hybrid":  # HYBRID_SHARD on a 2 x 2 mesh (replicate x shard)
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP, ShardingStrategy
+
+        mesh = init_device_mesh("cpu", (2, world // 2), mesh_dim_names=("replicate", "shard"))
+        model = FSDP(model, device_id=torch.device("cpu"), device_mesh=mesh,
+                     sharding_strategy=ShardingStrategy.HYBRID_SHARD)
     elif kind == "tp":
         from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
@@ -118,8 +124,9 @@ def _fsdp1_full(model: nn.Module, grads: bool) -> dict:
             continue
         fp = handle.flat_param
         shard = (fp.grad if grads else fp).detach()
-        gathered = [torch.empty_like(shard) for _ in range(dist.get_world_size())]
-        dist.all_gather(gathered, shard.contiguous())
+        group = module.process_group  # the shard group (HYBRID_SHARD: within a replica)
+        gathered = [torch.empty_like(shard) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(gathered, shard.contiguous(), group=group)
         flat = torch.cat(gathered)
         base = _clean(prefix + ".") if prefix else ""
         at = 0
@@ -234,7 +241,8 @@ def _spawn(tmp_path, kind, world):
 NAMES = ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
 
 
-@pytest.mark.parametrize("kind,world", [("fsdp2", 2), ("hsdp", 4), ("tp", 2), ("fsdp1", 2), ("fsdp1_orig", 2)])
+@pytest.mark.parametrize("kind,world", [("fsdp2", 2), ("hsdp", 4), ("tp", 2), ("fsdp1", 2), ("fsdp1_orig", 2),
+                                        ("fsdp1_hybrid", 4)])
 def test_watch_records_the_full_parameters_statistics(tmp_path, kind, world):
     results = _spawn(tmp_path, kind, world)
     assert sorted(results) == list(range(world))

@@ -54,34 +54,49 @@ def is_sharded(model: torch.nn.Module) -> bool:
     dtensor = _dtensor_type()
     if dtensor is not None and any(isinstance(p, dtensor) for p in model.parameters()):
         return True
-    return bool(_fsdp1_handles(model))
+    return bool(_fsdp1_modules(model))
 
 
-def _fsdp1_handles(model: torch.nn.Module) -> list[Any]:
-    return [m._handle for m in model.modules()
+def _fsdp1_modules(model: torch.nn.Module) -> list[Any]:
+    """The FSDP1 modules of `model` that hold a flat parameter."""
+    return [m for m in model.modules()
             if type(m).__name__ == "FullyShardedDataParallel" and getattr(m, "_handle", None) is not None]
 
 
-def named_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter, tuple[int, int] | None, bool]]:
-    """(user name, parameter, piece, split) per parameter of a sharded model. FSDP1 without
+def named_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter, tuple[int, int] | None, float | None]]:
+    """(user name, parameter, piece, share) per parameter of a sharded model. FSDP1 without
     ``use_orig_params``: one entry per original parameter of each flat parameter, `piece` =
-    (offset, length) of its part in this rank's flat shard ((0, 0): none here). `split`: the
-    parameter's local parts on the ranks are disjoint (FSDP1): every rank's part counts."""
-    handles = _fsdp1_handles(model)
-    flat = {id(h.flat_param): h.flat_param for h in handles}
-    orig = {id(p) for h in handles if getattr(h, "_use_orig_params", False)
-            for p in (getattr(h.flat_param, "_params", None) or ())}
-    out: list[tuple[str, torch.nn.Parameter, tuple[int, int] | None, bool]] = []
+    (offset, length) of its part in this rank's flat shard ((0, 0): none here). `share`, FSDP1
+    only (else None): whether this rank's part counts, 1.0 or 0.0 -- the parts are disjoint
+    within a shard group, so every rank of the first replica counts (FULL_SHARD and
+    SHARD_GRAD_OP: the only replica; HYBRID_SHARD: the ranks of rank 0 in the replicate group;
+    NO_SHARD: rank 0, which holds it whole)."""
+    fsdp = _fsdp1_modules(model)
+    flat = {id(m._handle.flat_param): (m._handle.flat_param, _share(m)) for m in fsdp}
+    orig = {id(p): _share(m) for m in fsdp if getattr(m._handle, "_use_orig_params", False)
+            for p in (getattr(m._handle.flat_param, "_params", None) or ())}
+    out: list[tuple[str, torch.nn.Parameter, tuple[int, int] | None, float | None]] = []
     for name, param in model.named_parameters():
-        fp = flat.get(id(param))
-        if fp is None:
-            out.append((clean_name(name), param, None, id(param) in orig))
+        entry = flat.get(id(param))
+        if entry is None:
+            out.append((clean_name(name), param, None, orig.get(id(param))))
             continue
+        fp, share = entry
         base = name[:-len("_flat_param")] if name.endswith("_flat_param") else ""
         for fqn, info in zip(fp._fqns, fp._shard_param_infos):
             piece = (int(info.offset_in_shard), int(info.numel_in_shard)) if info.in_shard else (0, 0)
-            out.append((clean_name(base + fqn), param, piece, True))
+            out.append((clean_name(base + fqn), param, piece, share))
     return out
+
+
+def _share(module: Any) -> float:
+    """Whether this rank's parts of an FSDP1 module's parameters count (see `named_parameters`)."""
+    dist = torch.distributed
+    strategy = getattr(getattr(module, "sharding_strategy", None), "name", "FULL_SHARD")
+    if strategy == "NO_SHARD":
+        return 1.0 if dist.get_rank() == 0 else 0.0
+    replicas = getattr(module, "_inter_node_pg", None) if "HYBRID" in strategy else None
+    return 1.0 if replicas is None or dist.get_rank(replicas) == 0 else 0.0
 
 
 def clean_name(name: str) -> str:
@@ -99,13 +114,15 @@ def local(tensor: torch.Tensor, piece: tuple[int, int] | None = None) -> torch.T
     return out if piece is None else out[piece[0]:piece[0] + piece[1]]
 
 
-def weight(tensor: torch.Tensor, rank: int, split: bool = False) -> float:
+def weight(tensor: torch.Tensor, rank: int, share: float | None = None) -> float:
     """1.0 when this rank's part of `tensor` counts in the sums, else 0.0: the rank at coordinate
-    0 of every mesh dimension the tensor is not sharded over (plain tensors: rank 0; `split`,
-    FSDP1's disjoint parts: every rank)."""
+    0 of every mesh dimension the tensor is not sharded over (plain tensors: rank 0; FSDP1:
+    `share`, from `named_parameters`)."""
+    if share is not None:
+        return share
     mesh = getattr(tensor, "device_mesh", None)
     if mesh is None:
-        return 1.0 if split or rank == 0 else 0.0
+        return 1.0 if rank == 0 else 0.0
     for dim, placement in enumerate(tensor.placements):
         if not placement.is_shard() and mesh.get_local_rank(dim) != 0:
             return 0.0

@@ -133,7 +133,7 @@ class Watched:
         self.configure(options)
         self._params: list[tuple[str, torch.nn.Parameter]] | None = None
         self._subsets: dict[int, tuple[Any, list[tuple[str, torch.nn.Parameter]]]] = {}
-        self._layout: dict[str, tuple[tuple[int, int] | None, bool]] = {}  # sharded: name -> (piece, split)
+        self._layout: dict[str, tuple[tuple[int, int] | None, float | None]] = {}  # sharded: name -> (piece, share)
         self._names: dict[tuple, tuple[str, ...]] = {}
         self.last_stats: dict[int, int] = {}  # optimizer index -> run step of the last statistics
         self.total_optimizer: int | None = None  # whose total is "grad_norm/total"
@@ -220,8 +220,8 @@ class Watched:
         if refresh or self._params is None:
             if self.sharded is not None:
                 entries = sharded.named_parameters(model)
-                self._params = [(n, p) for n, p, _piece, _split in entries]
-                self._layout = {n: (piece, split) for n, _p, piece, split in entries}
+                self._params = [(n, p) for n, p, _piece, _share in entries]
+                self._layout = {n: (piece, share) for n, _p, piece, share in entries}
             else:
                 self._params = list(model.named_parameters())
             self._subsets.clear()
@@ -319,10 +319,10 @@ class Watched:
         rank, layout = self.sharded.rank, self._layout
         names, parts, weights = [], [], []
         for n, t in items:
-            piece, split = layout.get(n, (None, False))
+            piece, share = layout.get(n, (None, None))
             names.append(n)
             parts.append(sharded.local(t, piece))
-            weights.append(sharded.weight(t, rank, split))
+            weights.append(sharded.weight(t, rank, share))
         return names, parts, weights
 
     def _sharded_pre(self, opt: Any, trainable: list[tuple[str, torch.Tensor]], step: int) -> None:
@@ -347,7 +347,7 @@ class Watched:
         grads = []
         for n, p in self._subset(model, opt, ids, refresh=False):
             grad = p.grad
-            if grad is None and self._layout.get(n, (None, False))[1] and sharded.local(p).numel() == 0:
+            if grad is None and self._layout.get(n, (None, None))[1] is not None and sharded.local(p).numel() == 0:
                 grad = p.detach()  # FSDP1 (use_orig_params): no part of it here, no gradient
             if p.requires_grad and grad is not None and grad.layout == torch.strided:
                 grads.append((n, grad))
