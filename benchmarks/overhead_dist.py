@@ -3,12 +3,12 @@
 Two CPU ranks (gloo on loopback, spawned here), an MLP sharded with ``fully_shard`` per layer and
 at the root. Configurations: ``fsdp2`` (plain FSDP2, no autolog) and ``fsdp2+watch-all``
 (``autolog.run(sinks=["local"], log_every=W)`` and ``watch(model, log="all")``: statistics of the
-full parameters at every W-th step, two packed all_reduces per hand-off). Each round runs both,
-in a new random (seeded, the same on both ranks) order: a fresh model, the configuration's setup
-(untimed), W warm-up steps, then `N / W` timed windows of W steps, each ended by a barrier so
-that both ranks' time is in it; its teardown (untimed). A configuration's time per step in a
-round is the median of its windows; the overhead is against ``fsdp2`` in the same round, the
-table gives the median over rounds with the range. Rank 0's clock.
+full parameters at one step per W, two packed all_reduces at the hand-off). Windows are
+interleaved: each round trains one fresh model and alternates W-step windows of the two
+configurations, in a random (seeded, the same on both ranks) order per pair (`_round`). A
+configuration's time per step in a round is the median of its windows; the overhead is against
+``fsdp2`` in the same round, the table gives the median over rounds with the range. Rank 0's
+clock.
 """
 from __future__ import annotations
 
@@ -55,18 +55,20 @@ def _model() -> torch.nn.Module:
     return model
 
 
-def _windows(config: str, steps: int, window: int, tmp: str) -> list[float]:
-    """Seconds per step of each timed window of `config` (every rank runs it alike)."""
+def _round(steps: int, window: int, tmp: str, order: random.Random) -> dict[str, list[float]]:
+    """One round: a fresh model, W warm-up steps, then `N / W` pairs of timed windows of W steps,
+    one per configuration in a random order per pair (interleaved windows, the same model
+    training on). A ``fsdp2+watch-all`` window opens a run and watches the model before it
+    (untimed), so it holds one watched step and the hand-off that reduces it, and closes the
+    run after it (untimed): a watched window also pays a new watch's first-step setup (its
+    parameter list and names), so the overhead is an upper bound. Each window ends with a
+    barrier so both ranks' time is in it."""
     import autolog
 
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     gen = torch.Generator().manual_seed(dist.get_rank())
     x, y = torch.randn(BATCH, LAYERS[0], generator=gen), torch.randint(0, LAYERS[-1], (BATCH,), generator=gen)
-    run = None
-    if config == "fsdp2+watch-all":
-        run = autolog.run(project="bench", dir=tmp, sinks=["local"], log_every=window).__enter__()
-        autolog.watch(model, log="all")
 
     def train(n: int) -> None:
         for _ in range(n):
@@ -75,16 +77,23 @@ def _windows(config: str, steps: int, window: int, tmp: str) -> list[float]:
             opt.step()
 
     train(window)  # warm-up
-    dist.barrier()
-    out = []
+    out: dict[str, list[float]] = {c: [] for c in CONFIGS}
     for _ in range(max(1, steps // window)):
-        start = time.perf_counter()
-        train(window)
-        dist.barrier()
-        out.append((time.perf_counter() - start) / window)
-    if run is not None:
-        run.__exit__(None, None, None)
-    dist.barrier()
+        configs = list(CONFIGS)
+        order.shuffle(configs)
+        for config in configs:
+            run = None
+            if config == "fsdp2+watch-all":
+                run = autolog.run(project="bench", dir=tmp, sinks=["local"], log_every=window)
+                run.__enter__()
+                autolog.watch(model, log="all")
+            dist.barrier()
+            start = time.perf_counter()
+            train(window)
+            dist.barrier()
+            out[config].append((time.perf_counter() - start) / window)
+            if run is not None:
+                run.__exit__(None, None, None)
     return out
 
 
@@ -92,14 +101,13 @@ def _worker(rank: int, port: int, steps: int, rounds: int, window: int, threads:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(threads)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    order = random.Random(0)
+    order = random.Random(0)  # the same on both ranks
     samples: dict[str, list[float]] = {c: [] for c in CONFIGS}
     overheads: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(rounds):
-            configs = list(CONFIGS)
-            order.shuffle(configs)
-            per_step = {c: median(_windows(c, steps, window, tmp)) for c in configs}
+            windows = _round(steps, window, tmp, order)
+            per_step = {c: median(windows[c]) for c in CONFIGS}
             for c in CONFIGS:
                 samples[c].append(per_step[c])
             overheads.append(per_step["fsdp2+watch-all"] - per_step["fsdp2"])
