@@ -150,10 +150,11 @@ class ShardedStats:
 
     # -- training thread, at watched steps (no value read) ----------------------------------
     def sums(self, parts: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
-        """Weighted sums of squares (float64) of local `parts`, one per part, one fused kernel."""
+        """Weighted sums of squares (float64) of local `parts`, one per part: fused kernels, the
+        weights passed as scalars (no host-to-device copy, which would wait for the device)."""
         with torch.no_grad():
-            norms = torch.stack(torch._foreach_norm(list(parts), 2, dtype=torch.float64))
-            return norms * norms * torch.tensor(weights, dtype=torch.float64, device=norms.device)
+            norms = torch._foreach_norm(list(parts), 2, dtype=torch.float64)
+            return torch.stack(torch._foreach_mul(torch._foreach_mul(norms, norms), list(weights)))
 
     def add_norms(self, names: tuple[str, ...], step: int, sums: torch.Tensor, total: str | None = None) -> None:
         self.norms.append((names, step, sums, total))
