@@ -2,6 +2,8 @@
 
     python -m benchmarks.overhead [--model tiny small] [--steps N] [--rounds R] [--window W]
                                   [--device cpu|cuda] [--configs NAME ...] [--json OUT]
+    python -m benchmarks.overhead --dist fsdp [--steps N] [--rounds R] [--window W]   (FSDP2, 2 CPU ranks:
+                                  benchmarks/overhead_dist.py)
 
 Every configuration trains the same seeded model on the same batch with the same loop
 (`Loop.run`); only what the configuration adds differs. Each round runs every configuration
@@ -668,7 +670,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="a round's time per step from its windows (default %(default)s)")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.add_argument("--dist", choices=["fsdp"], default=None,
+                        help="fsdp: watch(log='all') under FSDP2 vs plain FSDP2, 2 CPU ranks "
+                             "(benchmarks/overhead_dist.py); --steps, --rounds, --window, --threads, --json apply")
     args = parser.parse_args(argv)
+    if args.dist == "fsdp":
+        from benchmarks import overhead_dist
+
+        torch.set_num_threads(args.threads)
+        return overhead_dist.main(args)
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

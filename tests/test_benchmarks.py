@@ -67,3 +67,13 @@ def test_import_time_benchmark_and_no_backend_imported(tmp_path):
     assert any(m["module"].startswith("autolog") for m in results["heaviest"])
     # `import autolog` imports no optional backend (W&B, TensorBoard, Lightning, ...)
     assert results["backends_imported"] == []
+
+
+def test_overhead_benchmark_under_fsdp2_two_cpu_ranks(tmp_path):
+    out = tmp_path / "fsdp.json"
+    stdout = _run("benchmarks.overhead", "--dist", "fsdp", "--steps", "4", "--window", "2", "--rounds", "1",
+                  "--json", str(out), cwd=tmp_path)
+    results = json.loads(out.read_text())
+    assert [r["config"] for r in results["rows"]] == ["fsdp2", "fsdp2+watch-all"]
+    assert all(r["step_us"] > 0 for r in results["rows"]) and "added_us" in results["rows"][1]
+    assert "| fsdp2+watch-all |" in stdout

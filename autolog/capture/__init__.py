@@ -8,7 +8,8 @@ run's buffer and reach the host in the core's one copy per hand-off.
 
 Module map: `options` (the ``capture=`` run option), `patches` (process-wide patches and hooks,
 refcounted over open runs), `session` (one run's capture), `loss`, `optim`, `watch`, `stats`,
-`nonfinite`, `timing`, `safe`. This package's own import is light: `autolog.settings` imports
+`nonfinite`, `sharded` (watch statistics of sharded models, reduced at the hand-offs), `timing`,
+`safe`. This package's own import is light: `autolog.settings` imports
 `options` from it, before the rest of autolog exists.
 """
 from __future__ import annotations

@@ -25,6 +25,7 @@ from autolog.capture.epochs import LoaderEpochs
 from autolog.capture.errors import NonFiniteError
 from autolog.capture.loss import FirstCall, Objective, is_loss
 from autolog.capture.nonfinite import NonFiniteMonitor
+from autolog.capture.sharded import ShardedStats
 from autolog.capture.optim import LOSS, OptimizerState, given_name, inner_optimizer
 from autolog.capture.safe import Guard
 from autolog.capture.timing import StepTimer
@@ -108,6 +109,11 @@ class Capture:
         dist = getattr(run, "dist", None)
         self.synced = bool(getattr(run.settings, "sync_dist", False)) and dist is not None and dist.world_size > 1
         self.follower = bool(getattr(run, "is_follower", False))  # a rank > 0: it writes nothing
+        # sharded watched models: partials of every rank, reduced at the run's reduction points
+        self.sharded = ShardedStats(run, self.monitor, self.guard)
+        reducers = getattr(run, "_reducers", None)
+        if reducers is not None:
+            reducers.append(self.sharded)
 
     # -- backward and loss ---------------------------------------------------------------------
     def on_backward(self, tensor: torch.Tensor) -> None:
@@ -192,7 +198,7 @@ class Capture:
         state = self._optimizer(optimizer)
         self.stepless = False
         self.closure = None
-        if self.watched and not self.follower:
+        if self.watched and (not self.follower or self.sharded.enabled):
             self.guard.call("watch", self._watch_pre, state, optimizer)
         # torch's hooks get the step's (self, *args), kwargs and may return new ones
         closure = args[1] if len(args) > 1 else kwargs.get("closure")
@@ -207,6 +213,8 @@ class Capture:
         ids = state.param_ids(optimizer)
         step = self.run.step
         for key, watched in list(self.watched.items()):
+            if self.follower and watched.sharded is None:
+                continue  # a rank > 0 takes part in sharded models' statistics only
             if not watched.pre_step(state, ids, step):
                 watched.remove()
                 del self.watched[key]
@@ -239,7 +247,7 @@ class Capture:
         if self.hparams and state.hparam_step != step:
             state.hparam_step = step
             self.guard.call("optimizer", self._record_hparams, state, optimizer, step, wall)
-        if self.watched and not self.follower:
+        if self.watched and (not self.follower or self.sharded.enabled):
             self.guard.call("watch", self._watch_post, state, optimizer)
         state.steps += 1
         if state is self.primary:
@@ -273,12 +281,14 @@ class Capture:
         source.device = device
         if self.losses:
             self.guard.call("loss", self._record_loss, LOSS, step, wall)
-        if self.watched and not self.follower:
+        if self.watched and (not self.follower or self.sharded.enabled):
             self.guard.call("watch", self._watch_backward, step)
         self._complete(source, step, wall)  # may raise NonFiniteError at a hand-off
 
     def _watch_backward(self, step: int) -> None:
         for key, watched in list(self.watched.items()):
+            if self.follower and watched.sharded is None:
+                continue
             model = watched.ref()
             if model is None:
                 watched.remove()
@@ -297,7 +307,8 @@ class Capture:
     def _watch_post(self, state: OptimizerState, optimizer: Any) -> None:
         ids = state.param_ids(optimizer)
         for watched in self.watched.values():
-            watched.post_step(state, ids)
+            if not self.follower or watched.sharded is not None:
+                watched.post_step(state, ids)
 
     def _tick(self, source: Any, step: int, wall: float) -> None:
         samples = self.batch_samples

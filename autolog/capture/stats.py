@@ -53,19 +53,38 @@ def histogram(tensor: torch.Tensor, bins: int = BINS) -> tuple[torch.Tensor, tor
     back: the values are mapped onto [0, 1] and binned with fixed bounds.
     """
     with torch.no_grad():
-        x = tensor.detach().reshape(-1)
-        if x.dtype not in (torch.float32, torch.float64):
-            x = x.float()
-        finite = torch.isfinite(x)
-        low = torch.where(finite, x, math.inf).amin()
-        high = torch.where(finite, x, -math.inf).amax()
-        empty = low > high  # no finite value at all
-        low = torch.where(empty, 0.0, low)
-        high = torch.where(empty, 1.0, high)
-        span = high - low
-        scaled = (x - low) / torch.where(span > 0, span, 1.0)
-        counts = torch.histc(scaled, bins, 0.0, 1.0)
-        return counts, low, high
+        x = flat_float(tensor)
+        low, high = finite_range(x)
+        return bin_between(x, low, high, bins)
+
+
+def flat_float(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` as a 1-D float32/float64 tensor (a view when it already is one)."""
+    x = tensor.detach().reshape(-1)
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def finite_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(finite minimum, finite maximum) of 1-D `x` as 0-d device tensors; (inf, -inf) when it
+    has no finite value (or no value)."""
+    if x.numel() == 0:
+        inf = torch.full((), math.inf, dtype=x.dtype, device=x.device)
+        return inf, -inf
+    finite = torch.isfinite(x)
+    return torch.where(finite, x, math.inf).amin(), torch.where(finite, x, -math.inf).amax()
+
+
+def bin_between(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, bins: int = BINS
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(counts, low, high): finite values of 1-D `x` in `bins` equal-width bins from `low` to
+    `high` (device tensors; 0 and 1 when ``low > high``, i.e. no finite value)."""
+    empty = low > high  # no finite value at all
+    low = torch.where(empty, 0.0, low)
+    high = torch.where(empty, 1.0, high)
+    span = high - low
+    scaled = (x - low) / torch.where(span > 0, span, 1.0)
+    counts = torch.histc(scaled, bins, 0.0, 1.0)
+    return counts, low, high
 
 
 def snapshot(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -18,7 +18,7 @@ import torch
 
 from autolog.core.run import Run, current
 from autolog.pipeline.records import MediaRecord
-from autolog.capture import stats
+from autolog.capture import sharded, stats
 from autolog.capture.hooks import add_hook, remove_hook
 from autolog.capture.nonfinite import POLICIES
 from autolog.capture.timing import SampleCounter, batch_size  # noqa: F401 -- batch_size: re-exported
@@ -49,6 +49,11 @@ def watch(model: torch.nn.Module, log: str | None = "gradients", log_every: int 
     Wrappers are accepted (``torch.compile``, DataParallel, DistributedDataParallel): names
     are the wrapped module's. Watching a model again updates its options (no double hooks).
     Called outside a run, the model is watched by the next run that starts.
+
+    Sharded models (DTensor parameters: FSDP2 ``fully_shard``, HSDP, ``parallelize_module``;
+    shard before calling watch): every rank calls watch; the statistics are those of the full
+    parameters and gradients, reduced across ranks at the hand-offs (`autolog.capture.sharded`),
+    and recorded by rank 0 under the user's parameter names.
     """
     options = _options(model, log, log_every, histograms, graph, on_nan, name)
     active = current()
@@ -128,12 +133,17 @@ class Watched:
         self.configure(options)
         self._params: list[tuple[str, torch.nn.Parameter]] | None = None
         self._subsets: dict[int, tuple[Any, list[tuple[str, torch.nn.Parameter]]]] = {}
+        self._layout: dict[str, tuple[tuple[int, int] | None, float | None]] = {}  # sharded: name -> (piece, share)
         self._names: dict[tuple, tuple[str, ...]] = {}
         self.last_stats: dict[int, int] = {}  # optimizer index -> run step of the last statistics
         self.total_optimizer: int | None = None  # whose total is "grad_norm/total"
         self._updates: dict[int, list[tuple[tuple[str, ...], list, list, torch.Tensor, int]]] = {}
         self._steps: dict[int, tuple[int, bool]] = {}  # optimizer index -> (run step, statistics?) of its step
         self._module = weakref.ref(model)  # what the hook is registered on (maybe a wrapper)
+        # DTensor parameters: every rank takes local partials, reduced at the hand-offs
+        self.sharded = capture.sharded if sharded.is_sharded(inner) else None
+        if self.sharded is not None:
+            self.sharded.enabled = True
         self._eager_hook = False
         self.handle = add_hook(model, "forward_pre", self.forward_pre_hook, with_kwargs=True)
         self.keep_hook_eager()
@@ -208,7 +218,12 @@ class Watched:
                 ) -> list[tuple[str, torch.nn.Parameter]]:
         """The model's named parameters that optimizer `opt` updates (cached)."""
         if refresh or self._params is None:
-            self._params = list(model.named_parameters())
+            if self.sharded is not None:
+                entries = sharded.named_parameters(model)
+                self._params = [(n, p) for n, p, _piece, _share in entries]
+                self._layout = {n: (piece, share) for n, _p, piece, share in entries}
+            else:
+                self._params = list(model.named_parameters())
             self._subsets.clear()
         cached = self._subsets.get(opt.index)
         if cached is None or cached[0] is not ids:
@@ -239,6 +254,9 @@ class Watched:
         trainable = [(n, p.detach()) for n, p in subset if p.requires_grad]
         if self.log not in ("parameters", "all") or not trainable:
             return True
+        if self.sharded is not None:
+            self._sharded_pre(opt, trainable, step)
+            return True
         buffer = self.capture.run._buffer
         wall = time.time()
         updates = []
@@ -258,6 +276,9 @@ class Watched:
         step, stats_step = self._steps.pop(opt.index, (None, False))
         model = self.ref()
         if step is None or model is None:
+            return
+        if self.sharded is not None:
+            self._sharded_post(opt, ids, step, stats_step, model)
             return
         buffer = self.capture.run._buffer
         wall = time.time()
@@ -292,6 +313,60 @@ class Watched:
             for n, g in grads:
                 self._histogram(buffer, f"gradients/{self.prefix}{n}", step, g, wall)
 
+    # -- sharded models (every rank; see autolog.capture.sharded) --------------------------------
+    def _parts(self, items: list[tuple[str, torch.Tensor]]) -> tuple[list[str], list[torch.Tensor], list[float]]:
+        """Names, this rank's local parts and their weights in the cross-rank sums."""
+        rank, layout = self.sharded.rank, self._layout
+        names, parts, weights = [], [], []
+        for n, t in items:
+            piece, share = layout.get(n, (None, None))
+            names.append(n)
+            parts.append(sharded.local(t, piece))
+            weights.append(sharded.weight(t, rank, share))
+        return names, parts, weights
+
+    def _sharded_pre(self, opt: Any, trainable: list[tuple[str, torch.Tensor]], step: int) -> None:
+        acc = self.sharded
+        names, parts, weights = self._parts(trainable)
+        sums = acc.sums(parts, weights)
+        acc.add_norms(self._named("weight_norm/", names), step, sums)
+        self._updates[opt.index] = [(self._named("update_ratio/", names), trainable, stats.snapshot(parts),
+                                     (sums, weights), step)]
+        if self.histograms:
+            for n, part, w in zip(names, parts, weights):
+                acc.add_histogram(f"parameters/{self.prefix}{n}", step, part, w)
+
+    def _sharded_post(self, opt: Any, ids: frozenset[int], step: int, stats_step: bool, model: Any) -> None:
+        acc = self.sharded
+        for names, trainable, before, (sums, weights), at in self._updates.pop(opt.index, None) or ():
+            acc.add_ratios(names, at, before, sums, self._parts(trainable)[1], weights)
+        monitor = self.capture.monitor
+        want_grads = stats_step and self.log in ("gradients", "all")
+        if not (want_grads or monitor.active):
+            return
+        grads = []
+        for n, p in self._subset(model, opt, ids, refresh=False):
+            grad = p.grad
+            if grad is None and self._layout.get(n, (None, None))[1] is not None and sharded.local(p).numel() == 0:
+                grad = p.detach()  # FSDP1 (use_orig_params): no part of it here, no gradient
+            if p.requires_grad and grad is not None and grad.layout == torch.strided:
+                grads.append((n, grad))
+        if not grads:
+            return
+        names, parts, weights = self._parts(grads)
+        if monitor.active:  # this rank's parts; the alarm is reduced over ranks at the hand-off
+            monitor.check_gradients(self._named("", names), stats.norms(parts), step)
+        if not want_grads:
+            return
+        if self.total_optimizer is None:
+            self.total_optimizer = opt.index
+        suffix = "" if opt.index == self.total_optimizer else f"/{opt.label or opt.index}"
+        acc.add_norms(self._named("grad_norm/", names), step, acc.sums(parts, weights),
+                      f"grad_norm/{self.prefix}total{suffix}")
+        if self.histograms:
+            for n, part, w in zip(names, parts, weights):
+                acc.add_histogram(f"gradients/{self.prefix}{n}", step, part, w)
+
     def backward_step(self, source: Any, ids: frozenset[int], step: int) -> None:
         """A run without optimizer, at the end of the backward that completes `step`: the
         statistics of both sides of a step, and the update ratios of the previous statistics
@@ -300,7 +375,11 @@ class Watched:
         if held:
             wall = time.time()
             for names, tensors, before, before_norms, at in held:
-                self.capture.run._buffer.vector(names, at, stats.update_ratios(before, before_norms, tensors), wall)
+                if self.sharded is not None:
+                    self.sharded.add_ratios(names, at, before, before_norms[0], self._parts(tensors)[1],
+                                            before_norms[1])
+                else:
+                    self.capture.run._buffer.vector(names, at, stats.update_ratios(before, before_norms, tensors), wall)
         if not self.pre_step(source, ids, step):
             return
         held = self._updates.pop(source.index, None)

@@ -3,7 +3,8 @@
 One job, one run: rank 0 creates the run and is the only rank that writes; every other rank
 holds a *follower* run with the same id that writes nothing. Values logged with
 ``sync_dist=True`` are reduced across ranks with ONE collective per reduction point, on a
-packed tensor.
+packed tensor; when sharded models are watched (`autolog.capture.sharded`), their statistics and
+the synced values share TWO collectives per reduction point (`Coordinator.reduce_max_then_sum`).
 
 The rule every rank must follow: reduction points are the hand-offs at every ``log_every``-th
 optimizer step and the end of the run — points that depend only on the step count, so every
@@ -86,6 +87,13 @@ def _store() -> Any:
     return distributed_c10d._get_default_store()
 
 
+def as_float64(value: Any, device: torch.device) -> torch.Tensor:
+    """A logged value (a number or a one-element tensor) as a 0-d float64 tensor on `device`."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().reshape(()).to(device=device, dtype=torch.float64)
+    return torch.tensor(float(value), dtype=torch.float64, device=device)
+
+
 class Coordinator:
     """Run-scoped key-value exchange through the process group's store (no collectives)."""
 
@@ -140,12 +148,10 @@ class Coordinator:
                 return None
         return None
 
-    def reduce(self, entries: list[tuple[str, int, Any, str]], device: torch.device) -> list[float] | None:
-        """Reduce (name, step, value, op) entries across ranks with one all_gather.
-
-        Returns the reduced values on rank 0, None on other ranks."""
-        dist = torch.distributed
-        signature = hashlib.sha1(json.dumps([(n, s, op) for n, s, _v, op in entries]).encode()).hexdigest()
+    def agree(self, signature: str, describe: str) -> None:
+        """Check, through the store (not a collective), that every rank reached this reduction
+        point with the same `signature`; raise `DistributedMismatchError` when one differs or
+        does not arrive within the timeout. `describe`: what this rank has, for the message."""
         self.reductions += 1
         key = f"{self.prefix}/reduce/{self.reductions}"
         self.store.set(f"{key}/{self.ctx.rank}", signature)
@@ -154,16 +160,23 @@ class Coordinator:
         others = {r: self.store.get(p).decode() for r, p in enumerate(peers)}
         bad = {r: s for r, s in others.items() if s != signature}
         if bad:
-            names = sorted({n for n, _s, _v, _o in entries})
             raise DistributedMismatchError(
                 f"autolog: ranks disagree on the values to reduce at reduction point {self.reductions} "
-                f"(rank {self.ctx.rank} has {len(entries)} values: {names[:8]}; ranks {sorted(bad)} differ). "
-                "Every rank must log the same names with sync_dist=True between reduction points.")
+                f"(rank {self.ctx.rank} has {describe}; ranks {sorted(bad)} differ). "
+                "Every rank must log the same names with sync_dist=True, and watch the same models, "
+                "between reduction points.")
+
+    def reduce(self, entries: list[tuple[str, int, Any, str]], device: torch.device) -> list[float] | None:
+        """Reduce (name, step, value, op) entries across ranks with one all_gather.
+
+        Returns the reduced values on rank 0, None on other ranks."""
+        dist = torch.distributed
+        signature = hashlib.sha1(json.dumps([(n, s, op) for n, s, _v, op in entries]).encode()).hexdigest()
+        names = sorted({n for n, _s, _v, _o in entries})
+        self.agree(signature, f"{len(entries)} values: {names[:8]}")
         if not entries:
             return [] if self.ctx.is_main else None
-        values = torch.stack([v.detach().reshape(()).to(device=device, dtype=torch.float64)
-                              if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=torch.float64, device=device)
-                              for _n, _s, v, _o in entries])
+        values = torch.stack([as_float64(v, device) for _n, _s, v, _o in entries])
         gathered = [torch.empty_like(values) for _ in range(self.ctx.world_size)]
         dist.all_gather(gathered, values)  # the one collective of this reduction point
         if not self.ctx.is_main:
@@ -176,3 +189,17 @@ class Coordinator:
         for i, op in enumerate(ops):
             out.append(host[op][i])
         return out
+
+    def reduce_max_then_sum(self, signature: Any, describe: str, maxes: torch.Tensor,
+                            sums: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two collectives, on packed 1-D float64 tensors: all_reduce(MAX) of `maxes`, then
+        all_reduce(SUM) of ``sums(reduced maxes)`` (the sums may depend on the maxima, e.g.
+        histogram bins over the global range). The agreement check comes first, so a rank that
+        died or watches something else fails the others instead of hanging them."""
+        dist = torch.distributed
+        self.agree(hashlib.sha1(json.dumps(signature).encode()).hexdigest(), describe)
+        maxes = maxes.clone()
+        dist.all_reduce(maxes, op=dist.ReduceOp.MAX)
+        summed = sums(maxes).clone()
+        dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+        return maxes, summed

@@ -75,6 +75,9 @@ class Run:
         self._prepare_hooks: list[Callable[[Batch], None]] = []
         self.flush_count = 0
         self._sync_pending: list[tuple[str, int, Any, str]] = []
+        # Reducers of automatic capture (sharded watch statistics): at every reduction point,
+        # those with ``pending()`` run ``reduce(coordinator, device)`` on every rank.
+        self._reducers: list[Any] = []
         self.dist = distributed.context()
         self.coordinator = distributed.Coordinator(self.dist) if self.dist.initialized and self.dist.world_size > 1 else None
         self._start()
@@ -224,7 +227,7 @@ class Run:
             self.meta.update(failure)
         if self.coordinator is not None:
             status = self._finish_distributed(status, failure)
-        elif self._sync_pending:
+        elif self._sync_pending or any(r.pending() for r in self._reducers):
             self._reduce_point()
         self.status = status
         if self.resumed:
@@ -310,7 +313,7 @@ class Run:
         self._optimizer_seen = True
         self._keys_at_step.clear()
         if self._step % self.settings.log_every == 0:
-            if self._sync_pending:
+            if self._sync_pending or any(r.pending() for r in self._reducers):
                 self._reduce_point()
             self._handoff()
         else:
@@ -337,18 +340,26 @@ class Run:
                                       sinks=wait != "log")
         return True
 
+    def _reduce_device(self) -> torch.device:
+        """Where collectives take their tensors: the current CUDA device under NCCL, else the CPU."""
+        backend = self.dist.backend or ""
+        return torch.device("cuda", torch.cuda.current_device()) if "nccl" in backend else torch.device("cpu")
+
     def _reduce_point(self) -> None:
-        """Reduce the values logged with ``sync_dist=True`` across ranks (one collective)."""
+        """Reduce the values logged with ``sync_dist=True`` across ranks (one collective), then
+        the pending reducers' (sharded watch statistics: two collectives)."""
         with self._buffer._lock:
             entries, self._sync_pending = self._sync_pending, []
+        for reducer in self._reducers:
+            if reducer.pending():  # the synced values travel in its collectives: two in all
+                reducer.reduce(self.coordinator, self._reduce_device(), entries)
+                entries = []
         if not entries:
             return
         if self.coordinator is None:  # a single process: the values are already "reduced"
             reduced: list[float] | None = [v for _n, _s, v, _o in entries]
         else:
-            backend = self.dist.backend or ""
-            device = torch.device("cuda", torch.cuda.current_device()) if "nccl" in backend else torch.device("cpu")
-            reduced = self.coordinator.reduce(entries, device)
+            reduced = self.coordinator.reduce(entries, self._reduce_device())
         if reduced is not None and not self.is_follower:
             wall = time.time()
             for (name, step, _v, _op), value in zip(entries, reduced):
