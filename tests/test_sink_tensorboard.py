@@ -5,12 +5,15 @@ import glob
 import io
 import os
 import random
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from tensorboard import data_compat
 from tensorboard.backend.event_processing import event_accumulator as ea
@@ -101,6 +104,104 @@ def test_summary_values_without_a_series_become_scalars_and_summary_text(tmp_pat
     [(step, text)] = _text(acc, "summary")
     assert step == 4
     assert "| status | finished |" in text and "| best_acc | 0.75 |" in text
+
+
+# ------------------------------------------------------------------ the event file's bytes
+
+def _records(path):
+    """(length header, its crc, data, data crc) of every TFRecord in an event file."""
+    import struct
+
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    out, pos = [], 0
+    while pos < len(raw):
+        head = raw[pos:pos + 8]
+        (length,) = struct.unpack("<Q", head)
+        (head_crc,) = struct.unpack("<I", raw[pos + 8:pos + 12])
+        data = raw[pos + 12:pos + 12 + length]
+        (data_crc,) = struct.unpack("<I", raw[pos + 12 + length:pos + 16 + length])
+        out.append((head, head_crc, data, data_crc))
+        pos += 16 + length
+    assert pos == len(raw)
+    return out
+
+
+def test_event_file_is_what_tensorboards_own_writer_writes(tmp_path):
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    from autolog.sinks.tensorboard import EventFile, masked_crc32c as fast_masked_crc32c
+
+    sink = TensorBoardSink()
+    sink.open(_run_info(tmp_path))
+    points = [(name, step, value, T0 + step)
+              for step in (0, 1, 127, 128, 16383, 16384, 2**21, 2**40)
+              for name, value in (("train/loss", 1.0 / (step + 1)), ("x/é", -step), ("", 0.0),
+                                  ("big", 1e40), ("nan", float("nan")))]
+    sink.write(Batch(scalars=points, step=2**40, histograms=[
+        HistogramRecord("h", 3, [0.0, 0.5, 1.0], [2.0, 3.0], T0)]))
+    sink.close(_finished({"acc": 0.5}))
+    [path] = glob.glob(os.path.join(tmp_path, "proj", "r1", "tensorboard", "events.out.tfevents.*"))
+    assert re.fullmatch(r"events\.out\.tfevents\.\d{10}\..+\.%d\.\d+" % os.getpid(),
+                        os.path.basename(path))
+    records = _records(path)
+    # every CRC is tensorboard's own masked CRC32C of its bytes
+    for head, head_crc, data, data_crc in records:
+        assert head_crc == masked_crc32c(head) and data_crc == masked_crc32c(data)
+    # and the file is byte for byte what tensorboard's (pure Python) RecordWriter writes
+    buf = io.BytesIO()
+    writer = RecordWriter(buf)
+    for _, _, data, _ in records:
+        writer.write(data)
+    with open(path, "rb") as fh:
+        assert fh.read() == buf.getvalue()
+    events = [event_pb2.Event.FromString(data) for _, _, data, _ in records]
+    assert events[0].file_version == "brain.Event:2"
+    scalars = [(v.tag, e.step, e.wall_time) for e in events for v in e.summary.value
+               if v.WhichOneof("value") == "simple_value"]
+    assert scalars[:len(points)] == [(n, s, w) for n, s, _, w in points]
+    for data in (b"", b"a", bytes(range(256)) * 9):
+        assert fast_masked_crc32c(data) == masked_crc32c(data)
+
+    # EventFile: tensorboard's file name and first event, in a directory it makes
+    ef = EventFile(str(tmp_path / "new" / "dir"))
+    ef.add_event(event_pb2.Event(step=3))
+    ef.close()
+    [(_, _, first, _), (_, _, data, _)] = _records(ef.path)
+    assert event_pb2.Event.FromString(first).source_metadata.writer == \
+        "tensorboard.summary.writer.event_file_writer"
+    assert event_pb2.Event.FromString(data).step == 3
+
+
+_names = st.sampled_from(["train/loss", "val/acc", "", "x/é", "a" * 200])
+_steps = st.one_of(st.sampled_from([0, 1, 127, 128, 2**14, 2**21, -1, 2**63 - 1, -2**63]),
+                   st.integers(-2**63, 2**63 - 1))
+_walls = st.one_of(st.sampled_from([0.0, -0.0, T0]), st.floats(allow_nan=False))
+_values = st.one_of(st.sampled_from([0.0, -0.0, 1e40, -1e40, 3.4028235e38, float("inf"),
+                                     float("nan"), 1e-46]),
+                    st.floats(), st.integers(-2**60, 2**60), st.booleans())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_names, st.sampled_from([0, 5]), _values, st.sampled_from([T0, 0.0])),
+                max_size=12),
+       st.lists(st.tuples(_names, _steps, _values, _walls), max_size=6))
+def test_scalar_events_are_the_bytes_protobuf_writes(grouped, scattered):
+    from tensorboard.compat.proto import event_pb2
+
+    from autolog.sinks.tensorboard import scalar_events, scalar_summaries
+
+    for points in (grouped, scattered, grouped + scattered):
+        expected = [event_pb2.Event(summary=s, step=int(step), wall_time=float(wall)).SerializeToString()
+                    for s, step, wall in scalar_summaries(points)]
+        prefixes = {}
+        got, last = scalar_events(points, prefixes)
+        assert got == expected
+        assert last == (max(p[1] for p in points) if points else None)
+        assert set(prefixes) == {p[0] for p in points}
+        assert scalar_events(points, prefixes)[0] == expected  # with the tags' prefixes kept
 
 
 # ------------------------------------------------------------------ histograms
