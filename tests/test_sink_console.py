@@ -13,6 +13,8 @@ import termios
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import autolog
 from autolog.pipeline.records import Batch, RunInfo, RunResult
@@ -240,6 +242,27 @@ def test_helpers():
     assert format_duration(None) == "?"
     assert batch_prog_bar(Batch()) == ()
     assert batch_prog_bar(Batch(prog_bar=("a",))) == ("a",)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["train/loss", "val/acc", "val/err"]),
+                          st.integers(-3, 5),
+                          st.one_of(st.floats(), st.sampled_from([0.0, -0.0, float("nan")])),
+                          st.just(0.0)), max_size=30),
+       st.integers(0, 30))
+def test_update_stats_is_stat_add_point_by_point(points, cut):
+    from autolog.sinks.console import _Stat, update_stats
+
+    def state(stats):
+        return {k: (s.last_step, repr(s.last), repr(s.best)) for k, s in stats.items()}
+
+    expected: dict = {}
+    for name, step, value, _ in points:
+        expected.setdefault(name, _Stat(name)).add(step, value)
+    got: dict = {}
+    tops = [update_stats(got, points[:cut]), update_stats(got, points[cut:])]  # two hand-offs
+    assert state(got) == state(expected)
+    assert tops == [max((p[1] for p in part), default=None) for part in (points[:cut], points[cut:])]
 
 
 @pytest.mark.parametrize("progress", [None, True])

@@ -85,6 +85,27 @@ class _Stat:
             self.best = value
 
 
+def update_stats(stats: dict[str, _Stat], points: Iterable[Any]) -> Any:
+    """`_Stat.add` of every point in order (a new name gets a `_Stat`); the largest step, or
+    None without points. Inlined: this loop is the console sink's whole cost per point."""
+    get = stats.get
+    top = None
+    for name, point_step, value, _wall in points:
+        stat = get(name)
+        if stat is None:
+            stat = stats[name] = _Stat(name)
+        if point_step >= stat.last_step:
+            stat.last_step = point_step
+            stat.last = value
+        if value == value:  # not NaN
+            best = stat.best
+            if best != best or (value < best if stat.minimize else value > best):
+                stat.best = value
+        if top is None or point_step > top:
+            top = point_step
+    return top
+
+
 def summary_block(run: RunInfo | None, result: RunResult, stats: dict[str, _Stat],
                   first: Iterable[str] = (), max_keys: int = 20, steps: int | None = None) -> str:
     """The text printed at close: status, duration, run directory, last/best values."""
@@ -169,6 +190,7 @@ class ConsoleSink(Sink):
         self._proxies: dict[str, _BarSafeStream] = {}
         self._lock: Any = threading.RLock()
         self._line_t = self._line_step = 0.0
+        self._refresh_t = -math.inf  # the last redraw of the bar without a step
         self._start = time.monotonic()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -213,16 +235,13 @@ class ConsoleSink(Sink):
                     process.hooks.replace_stream(attr, self._proxies[attr])  # back by the run's end
 
     def write(self, batch: Batch) -> None:
-        self.shown.update(dict.fromkeys(batch_prog_bar(batch)))
+        prog_bar = batch_prog_bar(batch)
+        if prog_bar:
+            self.shown.update(dict.fromkeys(prog_bar))
         step = batch.step
-        stats = self.stats
-        for name, point_step, value, _wall in batch.scalars:
-            stat = stats.get(name)
-            if stat is None:
-                stat = stats[name] = _Stat(name)
-            stat.add(point_step, value)
-            if point_step > step:
-                step = point_step
+        top = update_stats(self.stats, batch.scalars)
+        if top is not None and top > step:
+            step = top
         for name, _point_step, value, _wall in getattr(batch, "bar", None) or ():
             self.bar_only[name] = value
         advance = max(step - self.step, 0)
@@ -231,9 +250,12 @@ class ConsoleSink(Sink):
             with self._lock:
                 self._bar.set_postfix(self._postfix(), refresh=False)
                 if advance:
-                    self._bar.update(advance)
+                    self._bar.update(advance)  # (tqdm redraws at most every `mininterval`)
                 else:
-                    self._bar.refresh()
+                    now = time.monotonic()
+                    if now - self._refresh_t >= self._bar.mininterval:
+                        self._refresh_t = now
+                        self._bar.refresh()
         elif self.mode == "lines":
             now = time.monotonic()
             if now - self._line_t >= self.interval:
