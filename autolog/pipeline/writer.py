@@ -60,6 +60,10 @@ class Pipeline:
         self.writer_errors = 0
         self.first_writer_error: str | None = None
         self.dropped_values = 0
+        # The writer thread's CPU time on hand-offs (resolve, processors, encode, append, offers):
+        # a proxy for how long it holds the GIL, which the training thread then waits for.
+        # Replaced whole after each hand-off, so a reader on another thread gets a consistent pair.
+        self.writer_time: dict[str, Any] = {"handoffs": 0, "thread_cpu_s": 0.0}
         self.closed = False
         self.thread = threading.Thread(target=self._loop, name="autolog-writer", daemon=True)
         self.thread.start()
@@ -126,12 +130,16 @@ class Pipeline:
             if isinstance(item, _Close):
                 self._finish(item)
                 return
+            started = time.thread_time()
             try:
                 self._write(item)
             except Exception as exc:  # noqa: BLE001 -- the writer thread must live on
                 self.writer_error("write", exc)
             finally:
+                spent = time.thread_time() - started
                 with self._cond:
+                    self.writer_time = {"handoffs": self.writer_time["handoffs"] + 1,
+                                        "thread_cpu_s": self.writer_time["thread_cpu_s"] + spent}
                     self._queue.popleft()
                     self._pending_bytes -= int(getattr(item, "nbytes", 0))
                     self._logged += 1

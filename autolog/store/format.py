@@ -8,6 +8,7 @@ the scan resynchronises at the next sync marker.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import struct
@@ -42,8 +43,8 @@ class BadRecord(ValueError):
 
 def encode_frame(seq: int, payload: bytes) -> bytes:
     """One framed record: sync marker, sequence number, length, checksums, payload."""
-    head = _FRAME.pack(SYNC, seq, len(payload), zlib.crc32(payload))
-    return head + _HCRC.pack(zlib.crc32(head)) + payload
+    head = _FRAME.pack(SYNC, seq, len(payload), zlib.crc32(payload))  # crc32 releases the GIL on big payloads
+    return b"".join((head, _HCRC.pack(zlib.crc32(head)), payload))
 
 
 def encode_batch(scalars: list[tuple[str, int, float, float]], histograms: list[Any],
@@ -55,24 +56,23 @@ def encode_batch(scalars: list[tuple[str, int, float, float]], histograms: list[
     if not (scalars or histograms or media or config):
         return b""
     header: dict[str, Any] = {"step": _in_range(step, "step")}
-    arrays: list[bytes] = []
+    arrays: list[Any] = []  # bytes-like: numpy arrays go into the join as they are
     if scalars:
-        names, steps, values, walls = zip(*scalars)
-        index: dict[str, int] = {}
-        keys = [index.setdefault(n, len(index)) for n in names]
+        names, steps, values, walls = zip(*scalars)  # the one per-point pass in Python; the rest is numpy
+        index, keys = _name_keys(names)
         if not all(type(n) is str for n in index):
             raise TypeError("scalar names must be strings")
-        header["keys"], header["n"] = list(index), len(scalars)
-        arrays += [np.asarray(keys, dtype="<u4").tobytes(), _column(steps, "iu", "<i8", "steps"),
-                   _column(values, "fiub", "<f8", "values"), _column(walls, "fiub", "<f8", "wall times")]
+        header["keys"], header["n"] = index, len(scalars)
+        arrays += [keys, _column(steps, "iu", "<i8", "steps"), _column(values, "fiub", "<f8", "values"),
+                   _column(walls, "fiub", "<f8", "wall times")]
     if histograms:
         header["hist"] = [{"name": _text(h.name, "histogram name"), "step": _in_range(h.step, "histogram step"),
                            "wall": float(h.wall_time), "bins": len(h.counts)} for h in histograms]
         for h in histograms:
-            edges, counts = np.asarray(h.edges, dtype="<f8"), np.asarray(h.counts, dtype="<f8")
+            edges, counts = np.ascontiguousarray(h.edges, dtype="<f8"), np.ascontiguousarray(h.counts, dtype="<f8")
             if edges.ndim != 1 or counts.ndim != 1 or len(edges) != len(counts) + 1:
                 raise ValueError(f"histogram {h.name!r}: expected len(edges) == len(counts) + 1")
-            arrays.append(edges.tobytes() + counts.tobytes())
+            arrays += [edges, counts]
     if media:
         for item in media:
             _text(item["kind"], "media kind"), _text(item["name"], "media name")
@@ -87,16 +87,43 @@ def encode_batch(scalars: list[tuple[str, int, float, float]], histograms: list[
             raise TypeError("config must be a dict")
         header["config"] = config
     head = json.dumps(header, separators=(",", ":"), default=json_default).encode()
-    return b"".join([b"B", _U32.pack(len(head)), head] + arrays)
+    return b"".join([b"B", _U32.pack(len(head)), head] + arrays)  # numpy arrays join without a copy of their own
 
 
-def _column(items: tuple, kinds: str, dtype: str, what: str) -> bytes:
-    """Packed `items`; refuses what numpy would only take by converting it (a float or text step,
-    a text value, an int beyond int64)."""
+def _name_keys(names: tuple) -> tuple[list[str], np.ndarray]:
+    """The distinct names in order of first appearance, and each point's index into them (u4).
+
+    Most batches repeat one cycle of names per step (``loss, acc, lr, loss, acc, lr, ...``):
+    that is recognised with a few tuple operations in C and the keys are a tiled range; any other
+    order costs one dict lookup per point, also without a Python-level loop. Names are compared
+    as a dict compares them (equal and of equal hash), as before."""
+    n = len(names)
+    try:
+        period = names.index(names[0], 1)
+    except ValueError:
+        period = n
+    if n % period == 0:
+        head = names[:period]
+        if period == n or names == head * (n // period):
+            distinct = dict.fromkeys(head)  # TypeError for an unhashable name, as before
+            if len(distinct) == period:
+                return list(distinct), np.tile(np.arange(period, dtype="<u4"), n // period)
+    index: collections.defaultdict = collections.defaultdict()
+    index.default_factory = index.__len__  # a new name gets the next index
+    keys = np.fromiter(map(index.__getitem__, names), dtype=np.int64, count=n)
+    return list(index), keys.astype("<u4")
+
+
+def _column(items: tuple, kinds: str, dtype: str, what: str) -> np.ndarray:
+    """Packed `items` (contiguous, in `dtype`); refuses what numpy would only take by converting
+    it (a float or text step, a text value, an int beyond int64). Numpy's own type discovery does
+    the checking, in C: one pass over the points, none in Python."""
     array = np.asarray(items)
+    if array.ndim != 1:  # a sequence in place of each number: not one number per point
+        raise ValueError(f"{what}: expected one number per point")
     if array.dtype.kind not in kinds or (array.dtype.kind == "u" and dtype == "<i8" and array.max() >= 2 ** 63):
         raise ValueError(f"{what}: expected numbers{' (integers in int64)' if dtype == '<i8' else ''}, got {array.dtype}")
-    return array.astype(dtype, copy=False).tobytes()
+    return np.ascontiguousarray(array.astype(dtype, copy=False))
 
 
 def _in_range(value: Any, what: str) -> int:

@@ -36,12 +36,20 @@ def _encodes(batch: Batch) -> bool:
         return False
 
 
+def _plain_point(point: Any) -> bool:
+    """True for a point the codec surely takes alone: a string name, an int step in int64, float
+    value and wall time (what every resolved hand-off holds), so that finding the one bad value
+    of a big batch costs an encode only for the points that are not plainly good."""
+    return (type(point) is tuple and len(point) == 4 and type(point[0]) is str and type(point[1]) is int
+            and 0 <= point[1] < 2 ** 63 and type(point[2]) is float and type(point[3]) is float)
+
+
 def keep_storable(batch: Batch) -> int:
     """Remove from `batch` the values the codec refuses (a step beyond int64, a name that is not
     a string, an unserialisable config, ...), each tried alone; returns how many: one bad value
     costs only itself."""
     before = len(batch.scalars) + len(batch.histograms) + len(batch.media) + (batch.config is not None)
-    batch.scalars = [p for p in batch.scalars if _encodes(Batch(scalars=[p]))]
+    batch.scalars = [p for p in batch.scalars if _plain_point(p) or _encodes(Batch(scalars=[p]))]
     batch.histograms = [h for h in batch.histograms if _encodes(Batch(histograms=[h]))]
     batch.media = [m for m in batch.media if _encodes(Batch(media=[m]))]
     if batch.config is not None and not _encodes(Batch(config=batch.config)):
