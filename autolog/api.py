@@ -7,6 +7,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import wrapt
 
+from autolog.capture import instrument
 from autolog.core import run as run_mod
 from autolog.core.run import NullRun, Run, finish_for_exception, summary_from_return
 from autolog.core.settings import resolve
@@ -18,7 +19,7 @@ def _start(func: Callable | None, args: tuple, kwargs: dict, options: dict[str, 
     settings = resolve(func=func, **options)
     if settings.disabled:
         return NullRun()
-    return Run(settings, func=func, args=args, kwargs=kwargs)
+    return Run(settings, func=func, args=args, kwargs=kwargs, instrument=instrument)
 
 
 def run(project: str | None = None, name: str | None = None, dir: str | None = None,
@@ -269,7 +270,7 @@ def name_optimizer(optimizer: Any, name: str) -> Any:
 
     _name(optimizer, name)
     active = run_mod.current()
-    capture = active.__dict__.get("_capture") if active is not None else None
+    capture = active.capture if active is not None else None
     if capture is not None:
         capture.rename(inner_optimizer(optimizer), name.strip())
     return optimizer

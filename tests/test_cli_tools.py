@@ -24,7 +24,7 @@ def _make_run(root, lr, opt, scale, name=None):
             autolog.log({"train/loss": scale / (step + 1), "val/acc": 0.1 * step * scale},
                         step=step)
         for step in range(3):
-            run._buffer.histogram("gradients/w", step * 2, torch.tensor(COUNTS[step]), -1.0,
+            run.buffer.histogram("gradients/w", step * 2, torch.tensor(COUNTS[step]), -1.0,
                                   1.0 + step, time.time())
         autolog.log_image("samples", np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3), step=2)
         autolog.log_text("note", "hello *replay*", step=1)

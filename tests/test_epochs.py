@@ -229,7 +229,7 @@ def test_aggregates_stay_on_the_device_until_the_hand_off(tmp_path, monkeypatch)
         aggregates = run._epochs.aggregates
         assert len(aggregates["m"].pending) < 7 and aggregates["m"].device  # folded on the way
         autolog.epoch_end()
-        pending = {name: value for name, _s, value, _w in run._buffer.scalars}
+        pending = {name: value for name, _s, value, _w in run.buffer.scalars}
         assert all(isinstance(pending[n], torch.Tensor) for n in ("m", "s", "hi"))
     m = autolog.read_run(run.path).metrics
     assert m["m"] == [(0, pytest.approx(values.double().mean().item()))]

@@ -443,7 +443,7 @@ def test_self_log_values_stay_tensors_until_the_hand_off(tmp_path):
         kinds: list = []
 
         def on_train_batch_end(self, trainer, pl_module, *args):
-            scalars = autolog.current_run()._buffer.scalars
+            scalars = autolog.current_run().buffer.scalars
             self.kinds = [type(v) for n, _s, v, _w in scalars if n in ("train_loss_step", "tail_metric")]
 
     probe, net = Probe(), Net()

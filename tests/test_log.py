@@ -26,7 +26,7 @@ def test_scalar_kinds_and_nested_dicts(autolog_run):
 def test_tensors_stay_on_device_until_handoff(autolog_run):
     value = torch.tensor(3.0)
     autolog.log("t", value)
-    [(name, _step, held, _wall)] = autolog_run._buffer.scalars
+    [(name, _step, held, _wall)] = autolog_run.buffer.scalars
     assert isinstance(held, torch.Tensor)  # not converted on the training thread
     autolog_run.flush(wait=True)
     assert autolog_run.sink.scalars("t") == [(0, 3.0)]

@@ -106,13 +106,13 @@ def test_forked_children_neither_write_nor_deadlock(tmp_path):
     ctx = multiprocessing.get_context("fork")
     with autolog.run(sinks=["local"], log_every=1) as run:
         autolog.log("parent", 1.0)
-        run._buffer._lock.acquire()  # a lock held at fork time must not deadlock the child
+        run.buffer._lock.acquire()  # a lock held at fork time must not deadlock the child
         try:
             queue = ctx.Queue()
             proc = ctx.Process(target=_child_logs, args=(queue,))
             proc.start()
         finally:
-            run._buffer._lock.release()
+            run.buffer._lock.release()
         assert queue.get(timeout=60) == ("ok", True)
         proc.join(60)
         assert proc.exitcode == 0

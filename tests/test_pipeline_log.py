@@ -142,12 +142,12 @@ def test_a_value_that_fails_after_the_call_costs_only_itself(tmp_path):
         for i in range(10):
             autolog.log("loss", torch.tensor(float(i)), step=i)
         wall = 0.0
-        run._buffer.scalar("meta", 3, torch.empty((), device="meta"), wall)
-        run._buffer.scalar("huge_step", 2**63, 1.0, wall)
-        run._buffer.scalar("text", 4, "not a number", wall)
+        run.buffer.scalar("meta", 3, torch.empty((), device="meta"), wall)
+        run.buffer.scalar("huge_step", 2**63, 1.0, wall)
+        run.buffer.scalar("text", 4, "not a number", wall)
         sparse = torch.sparse_coo_tensor(torch.tensor([[0]]), torch.tensor([2.0]), (1,),
                                          check_invariants=True)
-        run._buffer.scalar("sparse", 5, sparse, wall)  # in the same device group as the losses
+        run.buffer.scalar("sparse", 5, sparse, wall)  # in the same device group as the losses
         run.flush()  # never raises into the caller
     data = autolog.read_run(run.path)
     assert [v for _, v in data.metrics["loss"]] == [float(i) for i in range(10)]

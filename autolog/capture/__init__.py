@@ -18,7 +18,8 @@ from typing import Any
 
 
 def instrument(run: Any) -> None:
-    """Install the automatic capture for `run`; register its undo in `run._on_finish`."""
+    """Install the automatic capture for `run` (a `autolog.core.port.RunPort`); its undo runs
+    when the run ends."""
     from autolog.capture.session import Capture
 
     Capture.start(run)

@@ -38,7 +38,7 @@ class LoaderEpochs:
             return  # a pass under no_grad (validation, or accuracy on the training set) never counts
         if self.loader is not None:
             if self.loader() is loader or _same_dataset(self.dataset, loader):
-                self.run._epoch_begins()
+                self.run.loader_epoch()
             return
         # the dataset too: a loader made in the `for` statement is gone once its iterator is
         self.candidate = (weakref.ref(loader), _dataset_ref(loader), self.run.step)
@@ -54,7 +54,7 @@ class LoaderEpochs:
             self.off = True
             return
         self.loader, self.dataset = ref, dataset
-        self.run._epoch_begins(start_step=step)
+        self.run.loader_epoch(start_step=step)
 
 
 # Training loops of frameworks that log an ``epoch`` of their own (the HF Trainer's is fractional):

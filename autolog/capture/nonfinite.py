@@ -1,10 +1,12 @@
 """The NaN/Inf alarm, without a per-step sync.
 
 Gradients: at every optimizer step, the per-parameter gradient norms of watched models are
-checked on the device: a device-side vector holds each parameter's first non-finite step,
-updated with one ``torch.where`` (no value is read). At each hand-off it is reduced on the
-device to the first bad step and parameter, which travel to the host with the hand-off as a
-typed probe (`Batch.probes`, kind ``"nonfinite"``) that no sink or log ever sees.
+taken on the device (one fused ``_foreach_norm``; at statistics steps they are also the
+``grad_norm/*`` values) and kept as they are: nothing else runs per step, nothing is read. At
+each hand-off the steps' norms are folded, on the device, into a vector holding each
+parameter's first non-finite step (`fold`: a few kernels per hand-off, not per step), reduced
+to the first bad step and parameter, which travel to the host with the hand-off as a typed
+probe (`Batch.probes`, kind ``"nonfinite"``) that no sink or log ever sees.
 
 Losses: every step's ``train/loss`` (and ``train/loss/<label>`` of the other optimizers) already
 travels with the hand-offs; `prepare` scans them.
@@ -42,6 +44,8 @@ class NonFiniteMonitor:
         # (device, parameter names) -> (offset of the names in self.names, first bad step per
         # parameter, -1 while finite), on that device
         self._groups: dict[tuple[torch.device, tuple[str, ...]], tuple[int, torch.Tensor]] = {}
+        # the same keys -> (run steps, norm vectors) of the steps since the last fold
+        self._pending: dict[tuple[torch.device, tuple[str, ...]], tuple[list[int], list[torch.Tensor]]] = {}
         self.unchecked_losses: list[tuple[int, torch.Tensor]] = []  # on_nan="raise" only
         self._lock = threading.Lock()
         self.loss_step: int | None = None
@@ -55,21 +59,47 @@ class NonFiniteMonitor:
 
     # -- training thread, every step ---------------------------------------------------------
     def check_gradients(self, names: tuple[str, ...], norms: torch.Tensor, step: int) -> None:
-        """Fold one step's gradient norms (1-D, one device) into the first-bad-step vector of
-        these parameters: four small kernels, no value read."""
-        key = (norms.device, names)
-        group = self._groups.get(key)
+        """Keep one step's gradient norms (1-D, one device) of these parameters for the next
+        `fold`: no kernel, no value read."""
+        pending = self._pending.get((norms.device, names))
+        if pending is None:
+            pending = self._pending[(norms.device, names)] = ([], [])
+        pending[0].append(step)
+        pending[1].append(norms)
+
+    def fold(self) -> None:
+        """Fold the norms kept since the last fold into each parameter's first-bad-step vector
+        (-1 while finite), on the device, without reading a value (the steps reach the device
+        as a pinned, non-blocking copy). At hand-offs and reduction points."""
+        pending, self._pending = self._pending, {}
         with torch.no_grad():
-            if group is None:
-                offset = self._offsets.get(names)
-                if offset is None:
-                    offset = self._offsets[names] = len(self.names)
-                    self.names.extend(names)
-                first = torch.full(norms.shape, -1, dtype=torch.int64, device=norms.device)
-            else:
-                offset, first = group
-            first = torch.where(torch.isfinite(norms) | (first >= 0), first, step)
-            self._groups[key] = (offset, first)
+            for key, (steps, norms) in pending.items():
+                device, names = key
+                group = self._groups.get(key)
+                if group is None:
+                    offset = self._offsets.get(names)
+                    if offset is None:
+                        offset = self._offsets[names] = len(self.names)
+                        self.names.extend(names)
+                    first = torch.full(norms[0].shape, -1, dtype=torch.int64, device=device)
+                else:
+                    offset, first = group
+                at = torch.tensor(steps, dtype=torch.int64)
+                if device.type != "cpu":
+                    at = at.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else at.to(device)
+                bad = ~torch.isfinite(torch.stack(norms))  # steps x parameters
+                earliest = torch.where(bad, at.unsqueeze(1), _NEVER).amin(0)
+                first = torch.where((first >= 0) | (earliest == _NEVER), first, earliest)
+                self._groups[key] = (offset, first)
+
+    def groups(self) -> list[tuple[tuple[torch.device, tuple[str, ...]], tuple[int, torch.Tensor]]]:
+        """Every (key, (offset, first-bad-step vector)), folded up to now (sharded reduction)."""
+        self.fold()
+        return list(self._groups.items())
+
+    def set_group(self, key: tuple[torch.device, tuple[str, ...]], group: tuple[int, torch.Tensor]) -> None:
+        """Replace a group's first-bad-step vector (by its reduction over ranks)."""
+        self._groups[key] = group
 
     def add_loss(self, step: int, loss: torch.Tensor) -> None:
         if self.policy == "raise":
@@ -80,13 +110,17 @@ class NonFiniteMonitor:
         """Send the device-side findings along with this hand-off: per device, the first bad
         step and the index of the first parameter bad at that step (-1, -1: none), reduced on
         the device."""
-        if not self.active or not self._groups:
+        if not self.active:
+            return
+        self.fold()
+        if not self._groups:
             return
         for i, pair in enumerate(self._reduced().values()):
             buffer.probe(PROBE, i, step, pair)
 
     def _reduced(self) -> dict[torch.device, torch.Tensor]:
         """Per device: a tensor [first bad step, its parameter's index in self.names]."""
+        self.fold()
         by_device: dict[torch.device, list[tuple[int, torch.Tensor]]] = {}
         for (device, _names), group in self._groups.items():
             by_device.setdefault(device, []).append(group)

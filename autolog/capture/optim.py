@@ -9,14 +9,17 @@ without a name has the empty label. Its series: ``train/loss[/<label>]``,
 """
 from __future__ import annotations
 
+import operator
 import weakref
 from typing import Any
 
 import torch
 
+from autolog.metrics import GRAD_NORM, LOSS, hparam_name, series_name
+from autolog.pipeline.records import SAME, StepNames
+
 KEYS = ("lr", "momentum", "weight_decay")
-LOSS = "train/loss"
-GRAD_NORM = "train/grad_norm"
+_WATCHED_KEYS = (*KEYS, "betas")  # the param group entries the hyperparameter series come from
 
 # name_optimizer: optimizer -> its name, for as long as it lives (any run, now or later)
 _names: "weakref.WeakKeyDictionary[torch.optim.Optimizer, str]" = weakref.WeakKeyDictionary()
@@ -61,14 +64,15 @@ def given_name(optimizer: Any) -> str | None:
         return None
 
 
-def hparam_name(label: str, group: int, key: str) -> str:
-    base = f"optim/{label}" if label else "optim"
-    return f"{base}/{key}" if group == 0 else f"{base}/{key}/{group}"
-
-
-def series_name(base: str, label: str) -> str:
-    """``base`` for optimizer 0 without a name, else ``base/<label>``."""
-    return f"{base}/{label}" if label else base
+def _getter(group: dict[str, Any]) -> Any:
+    """A function giving the tuple of `group`'s hyperparameter entries (one C call)."""
+    keys = [k for k in _WATCHED_KEYS if k in group]
+    if len(keys) > 1:
+        return operator.itemgetter(*keys)
+    if keys:
+        key = keys[0]
+        return lambda g: (g[key],)
+    return lambda g: ()
 
 
 def _value(value: Any) -> Any:
@@ -109,7 +113,47 @@ class OptimizerState:
         self.label = name if name else ("" if self.index == 0 else str(self.index))
         self.loss_name = series_name(LOSS, self.label)
         self.grad_norm_name = series_name(GRAD_NORM, self.label)
+        self.names = StepNames(self.loss_name, self.grad_norm_name)  # new object: rows keep theirs
         self._layout = None
+        self.forget_hparams()
+
+    def forget_hparams(self) -> None:
+        """The next `step_hparams` records every value (at each hand-off, so that every batch
+        holds them, and after a rename)."""
+        self._getters: list[Any] | None = None
+        self._raw: list[tuple] = []
+        self._recorded: list[tuple[str, Any]] | None = None
+
+    def step_hparams(self, optimizer: torch.optim.Optimizer) -> Any:
+        """Per step: `SAME` when no hyperparameter changed since the previous call (the param
+        groups' entries are the very same objects: one C call per group), else the list of
+        (name, value) of `hparams` (also `SAME` when those values equal the last ones)."""
+        groups = optimizer.param_groups
+        getters = self._getters
+        if getters is not None and len(groups) == len(getters):
+            try:
+                for getter, group, raw in zip(getters, groups, self._raw):
+                    if not all(map(operator.is_, getter(group), raw)):
+                        break
+                else:
+                    return SAME
+            except (KeyError, TypeError, IndexError):
+                pass
+        items = self.hparams(optimizer)
+        self._getters = [_getter(g) for g in groups]
+        self._raw = [getter(g) for getter, g in zip(self._getters, groups)]
+        if any(isinstance(v, torch.Tensor) for raw in self._raw for v in raw):
+            self._getters = None  # a tensor may change in place: read every step
+        if self._recorded is not None and not any(isinstance(v, torch.Tensor) for _n, v in items) \
+                and items == self._recorded:  # floats only: no tensor is ever compared
+            return SAME
+        self._recorded = items
+        return items
+
+    def first_device(self, optimizer: torch.optim.Optimizer) -> torch.device | None:
+        """The device of the optimizer's first parameter (None: it has none)."""
+        self.param_ids(optimizer)
+        return self.device
 
     def param_ids(self, optimizer: torch.optim.Optimizer) -> frozenset[int]:
         """ids of the optimizer's parameters, recomputed when its groups change shape."""

@@ -22,8 +22,8 @@ from typing import Any, Callable
 import torch
 import wrapt
 
+from autolog import _state
 from autolog.capture.errors import NonFiniteError
-from autolog.core.run import current
 
 # Set while a patched backward runs: `Tensor.backward` calls `torch.autograd.backward`, and a
 # backward called from inside a backward (a custom Function) is not a training loss.
@@ -33,12 +33,7 @@ _inside: contextvars.ContextVar[bool] = contextvars.ContextVar("autolog_inside_b
 _scaled: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
 
 
-def session() -> Any:
-    """The capture of the open run, or None (no run, a disabled run, capture off)."""
-    active = current()
-    if active is None:
-        return None
-    return active.__dict__.get("_capture")
+session = _state.capture  # the capture of the open run, or None (no run, disabled, capture off)
 
 
 # -- wrappers ------------------------------------------------------------------------------------

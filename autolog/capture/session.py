@@ -15,6 +15,7 @@ import gc
 import sys
 import time
 import warnings
+from time import perf_counter
 from typing import Any
 
 import torch
@@ -26,10 +27,15 @@ from autolog.capture.errors import NonFiniteError
 from autolog.capture.loss import FirstCall, Objective, is_loss
 from autolog.capture.nonfinite import NonFiniteMonitor
 from autolog.capture.sharded import ShardedStats
-from autolog.capture.optim import LOSS, OptimizerState, given_name, inner_optimizer
+from autolog.capture.optim import OptimizerState, given_name, inner_optimizer
 from autolog.capture.safe import Guard
 from autolog.capture.timing import StepTimer
+from autolog.core import user_warnings
+from autolog.core.port import RunPort
+from autolog.core.user_warnings import flush_warnings
 from autolog.core.redact import scrub
+from autolog.metrics import GRAD_NORM, LOSS
+from autolog.pipeline.records import StepNames
 
 
 def optimizer_alive() -> bool:
@@ -53,14 +59,15 @@ class _Stepless:
     index = 0
     label = ""
     loss_name = LOSS
+    names = StepNames(LOSS, GRAD_NORM)
     device: torch.device | None = None
 
 
 class Capture:
-    """The automatic capture of one run (``run._capture``)."""
+    """The automatic capture of one run (``run.capture``), talking to it through `RunPort`."""
 
     @classmethod
-    def start(cls, run: Any) -> "Capture | None":
+    def start(cls, run: RunPort) -> "Capture | None":
         """Set up capture for `run` per its ``capture=`` setting; undone when the run ends."""
         pending = watch_mod.take_pending()
         names = run.settings.capture
@@ -76,16 +83,17 @@ class Capture:
             print(scrub(f"autolog: automatic capture could not start; the run goes on without it. "
                         f"{type(exc).__name__}: {exc}"), file=sys.stderr)
             return None
-        run._capture = capture
-        run._on_finish.append(capture.finish)
-        run._handoff_hooks.append(capture.before_handoff)
-        run._prepare_hooks.append(capture.prepare)
+        run.capture = capture
+        run.on_finish(capture.finish)
+        run.on_handoff(capture.before_handoff)
+        run.on_prepare(capture.prepare)
         for model, options in pending:
             capture.guard.call("watch", capture.watch, model, options)
         return capture
 
-    def __init__(self, run: Any, names: frozenset[str]) -> None:
+    def __init__(self, run: RunPort, names: frozenset[str]) -> None:
         self.run = run
+        self.add_row = run.buffer.add_row  # the buffer lives as long as the run
         self.names = names
         self.losses = "loss" in names
         self.hparams = "optimizer" in names
@@ -97,7 +105,6 @@ class Capture:
         self.stepless: bool | None = None  # None: not known before the first backward
         self.post_steps = 0  # optimizer steps seen (GradScaler.step compares it)
         self.batch_samples = 0  # samples of the batches a framework reported since the last step
-        self.timer = StepTimer()
         self.loaders = LoaderEpochs(run)  # epochs from the training DataLoader
         self.monitor = NonFiniteMonitor(run)
         self.optimizers: dict[int, OptimizerState] = {}  # id(optimizer) -> state, live ones
@@ -111,9 +118,12 @@ class Capture:
         self.follower = bool(getattr(run, "is_follower", False))  # a rank > 0: it writes nothing
         # sharded watched models: partials of every rank, reduced at the run's reduction points
         self.sharded = ShardedStats(run, self.monitor, self.guard)
-        reducers = getattr(run, "_reducers", None)
-        if reducers is not None:
-            reducers.append(self.sharded)
+        run.add_reducer(self.sharded)
+
+    @property
+    def raises(self) -> bool:
+        """on_nan="raise": the losses are kept for the check at each hand-off."""
+        return self.monitor.policy == "raise"
 
     # -- backward and loss ---------------------------------------------------------------------
     def on_backward(self, tensor: torch.Tensor) -> None:
@@ -139,7 +149,7 @@ class Capture:
         if self.synced:  # the mean over ranks, at the run's next reduction point
             run.log_synced(name, step, value, "mean")
         else:
-            run._buffer.scalar(name, step, value, wall)
+            run.buffer.scalar(name, step, value, wall)
 
     def _record_loss(self, name: str, step: int, wall: float) -> None:
         value = self.objective.take()
@@ -229,34 +239,85 @@ class Capture:
             state.skipped += 1
 
     def on_post_step(self, optimizer: Any) -> None:
-        state = self._optimizer(optimizer)
+        """After an optimizer step: the step's row (loss, clip norm, hyperparameters when they
+        changed, clock, samples) appended to the run's buffer in one go, the watched models'
+        statistics, then the run's step advances (after the primary optimizer's step)."""
+        state = self.optimizers.get(id(optimizer))
+        if state is None or state.ref() is not optimizer:
+            state = self._optimizer(optimizer)
         self.post_steps += 1
-        run = self.run
-        step = run.step
-        wall = time.time()  # one wall time for the step's points: one TensorBoard event per step
-        closure, self.closure = self.closure, None
-        if closure is not None:
-            value = closure.result()
-            if value is not None:
-                self.objective.add(value)
-        if self.objective.sum is not None and self.losses:
-            self.guard.call("loss", self._record_loss, state.loss_name, step, wall)
-        if self.clip_norm is not None:
-            norm, self.clip_norm = self.clip_norm, None
-            self.guard.call("grad_norm", self._record, state.grad_norm_name, step, norm, wall)
-        if self.hparams and state.hparam_step != step:
-            state.hparam_step = step
-            self.guard.call("optimizer", self._record_hparams, state, optimizer, step, wall)
+        if user_warnings.deferred:
+            flush_warnings()
+        step = self.run.step
+        clock = perf_counter()
+        primary = state is self.primary
+        feature = "loss"
+        try:
+            loss = clip = hp = samples = event = None
+            closure, self.closure = self.closure, None
+            if self.losses:
+                if closure is not None:
+                    value = closure.result()
+                    if value is not None:
+                        self.objective.add(value)
+                loss = self.objective.take()
+                clip, self.clip_norm = self.clip_norm, None
+                if self.synced:
+                    self._synced(state.names, step, loss, clip)
+                    loss = clip = None
+                elif loss is not None and self.raises:
+                    self.monitor.add_loss(step, loss)
+            feature = "optimizer"
+            if self.hparams and state.hparam_step != step:
+                state.hparam_step = step
+                hp = state.step_hparams(optimizer)
+            feature = "timing"
+            if primary and self.timing:
+                samples = self._samples()
+                device = state.device if state.device is not None else state.first_device(optimizer)
+                if device is not None and device.type == "cuda":
+                    event = _cuda_event(device)
+            if not self.follower and (loss is not None or clip is not None or hp is not None or samples is not None):
+                self.add_row((state.names, step, clock, loss, clip, hp, samples, event))
+        except Exception as exc:  # noqa: BLE001 -- instrumentation must never break training
+            self._fail(feature, exc)
         if self.watched and (not self.follower or self.sharded.enabled):
             self.guard.call("watch", self._watch_post, state, optimizer)
         state.steps += 1
-        if state is self.primary:
-            self._complete(state, step, wall)
+        if primary:
+            self._complete()
 
-    def _complete(self, source: Any, step: int, wall: float) -> None:
-        """Step `step` is complete: its timing, then the run's step advances."""
-        if self.timing:
-            self.guard.call("timing", self._tick, source, step, wall)
+    def _samples(self) -> int:
+        """Samples of the step that completes now (0: unknown), from the framework or the first
+        watched model's inputs."""
+        samples = self.batch_samples
+        if not samples and self.watched:
+            samples = next(iter(self.watched.values())).counter.samples
+        return samples
+
+    def _synced(self, names: Any, step: int, loss: Any, clip: Any) -> None:
+        """sync_dist: the step's loss and clip norm are means over ranks, reduced at the run's
+        next reduction point."""
+        if loss is not None:
+            self.run.log_synced(names.loss, step, loss, "mean")
+            if self.raises:
+                self.monitor.add_loss(step, loss)
+        if clip is not None:
+            self.run.log_synced(names.grad_norm, step, clip, "mean")
+
+    def _fail(self, feature: str, exc: BaseException) -> None:
+        """A piece of the step's capture failed: it is off for the rest of the run."""
+        self.guard.fail(feature, exc)
+        if feature == "loss":
+            self.losses = False
+        elif feature == "optimizer":
+            self.hparams = False
+        elif feature == "timing":
+            self.timing = False
+
+    def _complete(self) -> None:
+        """The run's step is complete: samples counted afresh, then the run's step advances (and
+        may hand off)."""
         for watched in self.watched.values():
             watched.counter.samples = 0
         self.batch_samples = 0
@@ -265,7 +326,7 @@ class Capture:
         run = self.run
         handoffs = run.flush_count
         run.advance_step()
-        if run.flush_count != handoffs and self.monitor.policy == "raise":
+        if run.flush_count != handoffs and self.raises:
             try:
                 self.monitor.raise_if_bad()
             except NonFiniteError:
@@ -276,14 +337,31 @@ class Capture:
     def _backward_step(self, device: torch.device) -> None:
         """Stepless run: the backward that just ended completes the run's step."""
         step = self.run.step
-        wall = time.time()
+        clock = perf_counter()
         source = self._stepless
         source.device = device
-        if self.losses:
-            self.guard.call("loss", self._record_loss, LOSS, step, wall)
+        feature = "loss"
+        try:
+            loss = samples = event = None
+            if self.losses:
+                loss = self.objective.take()
+                if self.synced:
+                    self._synced(source.names, step, loss, None)
+                    loss = None
+                elif loss is not None and self.raises:
+                    self.monitor.add_loss(step, loss)
+            feature = "timing"
+            if self.timing:
+                samples = self._samples()
+                if device.type == "cuda":
+                    event = _cuda_event(device)
+            if not self.follower and (loss is not None or samples is not None):
+                self.add_row((source.names, step, clock, loss, None, None, samples, event))
+        except Exception as exc:  # noqa: BLE001
+            self._fail(feature, exc)
         if self.watched and (not self.follower or self.sharded.enabled):
             self.guard.call("watch", self._watch_backward, step)
-        self._complete(source, step, wall)  # may raise NonFiniteError at a hand-off
+        self._complete()  # may raise NonFiniteError at a hand-off
 
     def _watch_backward(self, step: int) -> None:
         for key, watched in list(self.watched.items()):
@@ -299,27 +377,11 @@ class Capture:
                 ids = self._stepless_ids[id(watched)] = frozenset(id(p) for p in model.parameters())
             watched.backward_step(self._stepless, ids, step)
 
-    def _record_hparams(self, state: OptimizerState, optimizer: Any, step: int, wall: float) -> None:
-        items = state.hparams(optimizer)
-        if items:
-            self.run._buffer.scalars_from(items, step, wall)
-
     def _watch_post(self, state: OptimizerState, optimizer: Any) -> None:
         ids = state.param_ids(optimizer)
         for watched in self.watched.values():
             if not self.follower or watched.sharded is not None:
                 watched.post_step(state, ids)
-
-    def _tick(self, source: Any, step: int, wall: float) -> None:
-        samples = self.batch_samples
-        if not samples:
-            first = next(iter(self.watched.values()), None)
-            samples = first.counter.samples if first is not None else 0
-        if source.device is None and isinstance(source, OptimizerState):
-            optimizer = source.ref()
-            if optimizer is not None:
-                source.param_ids(optimizer)
-        self.timer.tick(self.run._buffer, step, samples, source.device, wall)
 
     # -- watch ---------------------------------------------------------------------------------
     def watch(self, model: torch.nn.Module, options: dict[str, Any]) -> None:
@@ -353,8 +415,9 @@ class Capture:
     def before_handoff(self, run: Any) -> None:
         """Training thread, before each hand-off (where reading values back is allowed): send the
         NaN findings and CUDA timings along, trace the graphs of models seen since the last."""
-        self.guard.call("nonfinite", self.monitor.stage, run._buffer, run.step)
-        self.guard.call("timing", self.timer.stage, run._buffer, run.step)
+        self.guard.call("nonfinite", self.monitor.stage, run.buffer, run.step)
+        for state in self.optimizers.values():
+            state.forget_hparams()  # every batch holds each optimizer's hyperparameters once
         for watched in self.watched.values():
             if watched._graph_input is not None:
                 self.guard.call("graph", watched.flush_graph)
@@ -372,7 +435,7 @@ class Capture:
                 name = self.primary.loss_name if self.primary is not None else LOSS
                 self.guard.call("loss", self._record_loss, name, run.step, time.time())
             if self.clip_norm is not None:
-                name = self.primary.grad_norm_name if self.primary is not None else "train/grad_norm"
+                name = self.primary.grad_norm_name if self.primary is not None else GRAD_NORM
                 self.guard.call("grad_norm", self._record, name, run.step, self.clip_norm, time.time())
                 self.clip_norm = None
             self.unwatch(None)
@@ -393,3 +456,11 @@ def _full(total: torch.Tensor) -> torch.Tensor:
     if all(p.is_replicate() for p in placements):
         return to_local()
     return total.full_tensor()
+
+
+def _cuda_event(device: torch.device) -> Any:
+    """A timing event recorded on `device`'s current stream (the step's end, read on the writer
+    thread long after it completed)."""
+    event = torch.cuda.Event(enable_timing=True)
+    event.record(torch.cuda.current_stream(device))
+    return event

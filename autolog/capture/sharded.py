@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 import torch
 
-from autolog.capture import stats
+from autolog.pipeline import stats
 from autolog.core.distributed import as_float64
 
 _NEVER = float(2**62)  # "no bad step" in the alarm's MIN reduction (exact in float64)
@@ -197,7 +197,7 @@ class ShardedStats:
     def _reduce(self, coordinator: Any, device: torch.device, synced: list[tuple[str, int, Any, str]]) -> None:
         norms, ratios, hists = self.norms, self.ratios, self.hists
         self._clear()
-        groups = list(self.monitor._groups.items()) if self.monitor.active else []
+        groups = self.monitor.groups() if self.monitor.active else []
         signature = [[n, s, t] for n, s, _v, t in norms] + [[n, s] for n, s, _d, _b in ratios]
         signature += [[n, s] for n, s, _x, _w, _m in hists] + [[list(k[1]), g[0]] for k, g in groups]
         signature += [[n, s, op] for n, s, _v, op in synced]
@@ -233,7 +233,7 @@ class ShardedStats:
                 late = -max_all[offset:offset + n]
                 offset += n
                 reduced = torch.where(late == _NEVER, -1.0, late).to(torch.int64).to(first.device)
-                self.monitor._groups[_key] = (start, reduced)
+                self.monitor.set_group(_key, (start, reduced))
             if self.run.is_follower:
                 return
             if synced:
@@ -242,12 +242,12 @@ class ShardedStats:
                 wall = time.time()
                 for i, (name, step, _v, op) in enumerate(synced):
                     value = {"mean": sum_all[i] / world, "sum": sum_all[i], "max": top[i], "min": -top[i]}[op]
-                    self.run._buffer.scalar(name, step, value, wall)
+                    self.run.buffer.scalar(name, step, value, wall)
                 sum_all = sum_all[len(synced):]
             self._record(norms, ratios, hists, max_all, sum_all)
 
     def _record(self, norms, ratios, hists, max_all, sum_all) -> None:
-        buffer = self.run._buffer
+        buffer = self.run.buffer
         wall = time.time()
         at = 0
         for names, step, v, total in norms:

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from autolog.core.run import Run, current
-from autolog.pipeline.records import MediaRecord
-from autolog.capture import sharded, stats
+from autolog import _state
+from autolog.capture import sharded
+from autolog.pipeline import stats
 from autolog.capture.hooks import add_hook, remove_hook
 from autolog.capture.nonfinite import POLICIES
 from autolog.capture.timing import SampleCounter, batch_size  # noqa: F401 -- batch_size: re-exported
@@ -56,14 +56,14 @@ def watch(model: torch.nn.Module, log: str | None = "gradients", log_every: int 
     and recorded by rank 0 under the user's parameter names.
     """
     options = _options(model, log, log_every, histograms, graph, on_nan, name)
-    active = current()
+    active = _state.current()
     if active is None:
         _pending[:] = [(ref, opts) for ref, opts in _pending if ref() is not None and ref() is not model]
         _pending.append((weakref.ref(model), options))
         return model
-    capture = active.__dict__.get("_capture")
+    capture = active.capture
     if capture is None:
-        if isinstance(active, Run):
+        if active.status != "disabled":
             warnings.warn("autolog.watch: automatic capture is off in this run (capture=False): "
                           "the model is not watched", stacklevel=2)
         return model
@@ -75,8 +75,7 @@ def unwatch(model: torch.nn.Module | None = None) -> None:
     """Stop watching `model` (None: every watched model); its hooks are removed."""
     _pending[:] = [(ref, opts) for ref, opts in _pending
                    if model is not None and ref() is not None and ref() is not model]
-    active = current()
-    capture = active.__dict__.get("_capture") if active is not None else None
+    capture = _state.capture()
     if capture is not None:
         capture.unwatch(model)
 
@@ -133,6 +132,7 @@ class Watched:
         self.configure(options)
         self._params: list[tuple[str, torch.nn.Parameter]] | None = None
         self._subsets: dict[int, tuple[Any, list[tuple[str, torch.nn.Parameter]]]] = {}
+        self._plans: dict[int, tuple[Any, Any]] = {}  # optimizer index -> (its subset, `_plan` of it)
         self._layout: dict[str, tuple[tuple[int, int] | None, float | None]] = {}  # sharded: name -> (piece, share)
         self._names: dict[tuple, tuple[str, ...]] = {}
         self.last_stats: dict[int, int] = {}  # optimizer index -> run step of the last statistics
@@ -174,6 +174,7 @@ class Watched:
         self.capture.guard.call("graph", self.flush_graph)
         self._params = None
         self._subsets.clear()
+        self._plans.clear()
         self._updates.clear()
 
     @property
@@ -210,8 +211,7 @@ class Watched:
             data = {"text": str(model)}
         else:
             data = model_graph(model, example)
-        self.capture.run._buffer.add_media(MediaRecord(kind="graph", name=self.graph_name, step=step,
-                                                       wall_time=time.time(), data=data))
+        self.capture.run.media("graph", self.graph_name, data, step)
 
     # -- optimizer steps -----------------------------------------------------------------------
     def _subset(self, model: torch.nn.Module, opt: Any, ids: frozenset[int], refresh: bool
@@ -257,7 +257,7 @@ class Watched:
         if self.sharded is not None:
             self._sharded_pre(opt, trainable, step)
             return True
-        buffer = self.capture.run._buffer
+        buffer = self.capture.run.buffer
         wall = time.time()
         updates = []
         for _device, names, tensors in stats.by_device(trainable):
@@ -280,7 +280,7 @@ class Watched:
         if self.sharded is not None:
             self._sharded_post(opt, ids, step, stats_step, model)
             return
-        buffer = self.capture.run._buffer
+        buffer = self.capture.run.buffer
         wall = time.time()
         updates = self._updates.pop(opt.index, None)
         for names, tensors, before, before_norms, at in updates or ():
@@ -289,14 +289,14 @@ class Watched:
         want_grads = stats_step and self.log in ("gradients", "all")
         if not (want_grads or monitor.active):
             return
-        grads = [(n, p.grad) for n, p in self._subset(model, opt, ids, refresh=False)
-                 if p.requires_grad and p.grad is not None and p.grad.layout == torch.strided]
-        if not grads:
+        groups = self._fast_norms(model, opt, ids)  # one fused norm of every gradient
+        if groups is None:
+            grads = [(n, p.grad) for n, p in self._subset(model, opt, ids, refresh=False)
+                     if p.requires_grad and p.grad is not None and p.grad.layout == torch.strided]
+            groups = [(tuple(names), stats.norms(tensors), tensors) for _d, names, tensors in stats.by_device(grads)]
+        if not groups:
             return
-        vectors = []
-        for _device, names, tensors in stats.by_device(grads):
-            norms = stats.norms(tensors)
-            vectors.append(norms)
+        for names, norms, _tensors in groups:
             if monitor.active:
                 monitor.check_gradients(self._named("", names), norms, step)
             if want_grads:
@@ -305,13 +305,48 @@ class Watched:
             return
         if self.total_optimizer is None:
             self.total_optimizer = opt.index
-        total = stats.total_norm(vectors)
+        total = stats.total_norm([norms for _n, norms, _t in groups])
         if total is not None:
             suffix = "" if opt.index == self.total_optimizer else f"/{opt.label or opt.index}"
             buffer.scalar(f"grad_norm/{self.prefix}total{suffix}", step, total, wall)
         if self.histograms:
-            for n, g in grads:
-                self._histogram(buffer, f"gradients/{self.prefix}{n}", step, g, wall)
+            for names, _norms, tensors in groups:
+                for n, g in zip(names, tensors):
+                    self._histogram(buffer, f"gradients/{self.prefix}{n}", step, g, wall)
+
+    def _fast_norms(self, model: torch.nn.Module, opt: Any, ids: frozenset[int]
+                    ) -> list[tuple[tuple[str, ...], torch.Tensor, list[torch.Tensor]]] | None:
+        """The gradient norms of the parameters `opt` updates, as one group, when they all have a
+        dense gradient on one device (the usual case): one list of ``.grad`` and one fused
+        kernel per step, no per-parameter Python beyond that. None: take the general path."""
+        subset = self._subset(model, opt, ids, refresh=False)
+        plan = self._plans.get(opt.index)
+        if plan is None or plan[0] is not subset:
+            plan = self._plans[opt.index] = (subset, self._plan(subset))
+        if plan[1] is None:
+            return None
+        names, params, dtype = plan[1]
+        grads = [p.grad for p in params]
+        try:
+            with torch.no_grad():
+                norms = torch.stack(torch._foreach_norm(grads, 2, dtype=dtype))
+        except (TypeError, RuntimeError):  # a missing or odd gradient this step
+            return None
+        return [(names, norms, grads)]
+
+    @staticmethod
+    def _plan(subset: list[tuple[str, torch.nn.Parameter]]) -> tuple[tuple[str, ...], list, torch.dtype] | None:
+        """(names, parameters, norm dtype) of the trainable parameters of `subset` when they and
+        their gradients are dense and on one device; else None."""
+        trainable = [(n, p) for n, p in subset if p.requires_grad]
+        if not trainable:
+            return None
+        devices = {p.device for _n, p in trainable}
+        grads = [p.grad for _n, p in trainable]
+        if len(devices) != 1 or any(g is None or g.layout != torch.strided or g.device != trainable[0][1].device
+                                    for g in grads) or any(p.layout != torch.strided for _n, p in trainable):
+            return None
+        return tuple(n for n, _p in trainable), [p for _n, p in trainable], stats.norm_dtype(grads)
 
     # -- sharded models (every rank; see autolog.capture.sharded) --------------------------------
     def _parts(self, items: list[tuple[str, torch.Tensor]]) -> tuple[list[str], list[torch.Tensor], list[float]]:
@@ -379,7 +414,7 @@ class Watched:
                     self.sharded.add_ratios(names, at, before, before_norms[0], self._parts(tensors)[1],
                                             before_norms[1])
                 else:
-                    self.capture.run._buffer.vector(names, at, stats.update_ratios(before, before_norms, tensors), wall)
+                    self.capture.run.buffer.vector(names, at, stats.update_ratios(before, before_norms, tensors), wall)
         if not self.pre_step(source, ids, step):
             return
         held = self._updates.pop(source.index, None)

@@ -14,13 +14,14 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from autolog import _state
 from autolog.core import config as config_mod
 from autolog.core import distributed
 from autolog.core import process
 from autolog.core import resume as resume_mod
 from autolog.pipeline import media as media_mod
 from autolog.core import meta as meta_mod
-from autolog.core import validate
+from autolog.core import user_warnings, validate
 from autolog.store import files as store_files
 from autolog.store import format as store
 from autolog.store.log import EventLog
@@ -33,13 +34,9 @@ from autolog.core.settings import Settings, safe_component
 from autolog.sinks import resolve_sinks
 from autolog.sinks.local import LocalSink
 
-_active: list["Run"] = []  # the stack of open runs of this process (nested calls join the top)
+_active = _state.active  # the stack of open runs of this process (nested calls join the top)
 _all_runs: "weakref.WeakSet[Run]" = weakref.WeakSet()
-_state_lock = threading.RLock()
-
-
-def current() -> "Run | None":
-    return _active[-1] if _active else None
+current = _state.current
 
 
 
@@ -48,8 +45,11 @@ class Run:
     """One tracked run. Create it with `autolog.run(...)` or `@autolog.track`."""
 
     def __init__(self, settings: Settings, func: Callable | None = None, args: tuple = (),
-                 kwargs: dict | None = None) -> None:
+                 kwargs: dict | None = None, instrument: Callable[["Run"], None] | None = None) -> None:
+        """`instrument(run)`: installs the automatic capture (`autolog.capture.instrument`, given
+        by the API layer: the core never imports the capture)."""
         self.settings = settings
+        self._instrument = instrument
         self.project = settings.project
         self.tags = settings.tags
         self._redactor = Redactor(settings.redact)
@@ -57,7 +57,7 @@ class Run:
         self.config: dict[str, Any] = self._redactor.config(flat)
         self.summary: dict[str, Any] = {}
         self.status = "running"
-        self._buffer = RunBuffer()
+        self.buffer = RunBuffer()
         self._epochs = Epochs()
         self._step = 0
         self._optimizer_seen = False
@@ -68,7 +68,8 @@ class Run:
         self._forked = False
         self._media_count = 0
         self._on_finish: list[Callable[["Run"], None]] = []
-        # Extension points for automatic capture (autolog.capture): called on the training thread
+        self.capture: Any = None  # the automatic capture (`autolog.capture`), set by it
+        # Extension points for automatic capture (`RunPort`): called on the training thread
         # just before each hand-off stages the buffer, and on the writer thread with each resolved
         # batch before the sinks see it (they may add or remove records of the batch).
         self._handoff_hooks: list[Callable[["Run"], None]] = []
@@ -132,13 +133,11 @@ class Run:
                 self.coordinator.share_identity({"id": self.id, "path": self.path, "name": self.name,
                                                  "step": self._step})
         _all_runs.add(self)
-        with _state_lock:
-            _active.append(self)
+        _state.push(self)
         process.hooks.acquire()
         try:
-            from autolog.capture import instrument
-
-            instrument(self)  # automatic capture; undone by the hooks it adds to self._on_finish
+            if self._instrument is not None:
+                self._instrument(self)  # automatic capture; undone by the hook it adds with on_finish
         except Exception as exc:  # noqa: BLE001 -- never break the user's training
             self.meta["capture_error"] = self._redactor.text(f"{type(exc).__name__}: {validate.safe_str(exc)}")
             print(f"autolog: automatic capture is off for this run: {self.meta['capture_error']}", file=sys.stderr)
@@ -196,12 +195,11 @@ class Run:
 
         SIGINT and SIGTERM arriving meanwhile wait until the record is written (a signal cannot
         leave a run half-ended: `running` on disk, read back `crashed`), then act."""
-        with _state_lock:
+        with _state.lock:
             if self._finished or self._forked:
                 return
             self._finished = True
-            if self in _active:
-                _active.remove(self)
+            _state.remove(self)
         with process.deferred_signals():
             try:
                 self._end(status, exc)
@@ -233,14 +231,12 @@ class Run:
         if self.resumed:
             resume_mod.close_attempt(self.meta, status, self._step)
         if self.is_follower:
-            self._buffer.stage(self._step)  # drop: followers write nothing
+            self.buffer.stage(self._step)  # drop: followers write nothing
             return
         self._handoff(force=True)
         self.pipeline.close(self._result, self.settings.close_timeout)
-        if "_capture" in self.__dict__:
-            from autolog.capture.safe import flush_warnings
-
-            flush_warnings()  # warnings the writer found, told on the user's line
+        if self.capture is not None:
+            user_warnings.flush_warnings()  # warnings the writer found, told on the user's line
         self.meta.update(self.pipeline.meta())
         self._store_meta()
         self.meta = self._redactor.deep(self.meta)  # sink and capture errors may quote a secret
@@ -291,7 +287,7 @@ class Run:
     def _after_fork_in_child(self) -> None:
         """In a forked child (a DataLoader worker) the run is inert: it writes nothing."""
         self._forked = True
-        self._buffer.reset_after_fork()
+        self.buffer.reset_after_fork()
         lock_fd, self._lock_fd = self._lock_fd, None
         if lock_fd is not None:
             try:
@@ -305,10 +301,36 @@ class Run:
         """Optimizer steps completed in this run."""
         return self._step
 
+    @property
+    def finished(self) -> bool:
+        """Whether the run has ended (or is ending)."""
+        return self._finished
+
+    def on_finish(self, hook: Callable[["Run"], None]) -> None:
+        """`hook(run)` when the run ends, before its last hand-off (last added, first called)."""
+        self._on_finish.append(hook)
+
+    def on_handoff(self, hook: Callable[["Run"], None]) -> None:
+        """`hook(run)` on the training thread just before each hand-off stages the buffer."""
+        self._handoff_hooks.append(hook)
+
+    def on_prepare(self, hook: Callable[[Batch], None]) -> None:
+        """`hook(batch)` on the writer thread with each resolved batch, before the log."""
+        self._prepare_hooks.append(hook)
+
+    def add_reducer(self, reducer: Any) -> None:
+        """A reducer of automatic capture, run at every reduction point while ``pending()``."""
+        self._reducers.append(reducer)
+
+    def media(self, kind: str, name: str, data: Any, step: int) -> None:
+        """A media record for the next hand-off (no check: the capture's own records)."""
+        if not (self._finished or self._forked):
+            self.buffer.add_media(MediaRecord(kind=kind, name=name, step=step, wall_time=time.time(), data=data))
+
     def advance_step(self) -> None:
         """Called after every optimizer step; hands off every `log_every` steps."""
         if self._epochs.active:
-            self._buffer.scalar("epoch", self._step, float(self._epochs.index), time.time())
+            self.buffer.scalar("epoch", self._step, float(self._epochs.index), time.time())
         self._step += 1
         self._optimizer_seen = True
         self._keys_at_step.clear()
@@ -348,7 +370,7 @@ class Run:
     def _reduce_point(self) -> None:
         """Reduce the values logged with ``sync_dist=True`` across ranks (one collective), then
         the pending reducers' (sharded watch statistics: two collectives)."""
-        with self._buffer._lock:
+        with self.buffer._lock:
             entries, self._sync_pending = self._sync_pending, []
         for reducer in self._reducers:
             if reducer.pending():  # the synced values travel in its collectives: two in all
@@ -363,11 +385,11 @@ class Run:
         if reduced is not None and not self.is_follower:
             wall = time.time()
             for (name, step, _v, _op), value in zip(entries, reduced):
-                self._buffer.scalar(name, step, value, wall)
+                self.buffer.scalar(name, step, value, wall)
 
     def log_synced(self, name: str, step: int, value: Any, reduce: str = "mean") -> None:
         """Record a value to be reduced across ranks at the next reduction point."""
-        with self._buffer._lock:
+        with self.buffer._lock:
             self._sync_pending.append((name, step, value, reduce))
 
     def _handoff(self, force: bool = False) -> None:
@@ -377,7 +399,7 @@ class Run:
         with process.deferred_signals():
             for hook in self._handoff_hooks:
                 hook(self)
-            staged = self._buffer.stage(self._step)
+            staged = self.buffer.stage(self._step)
             if staged is not None:
                 self.flush_count += 1
                 self.pipeline.submit(staged)
@@ -421,7 +443,7 @@ class Run:
         if step is None:
             if not self._optimizer_seen and any(n in self._keys_at_step for n in names):
                 if self._epochs.active:
-                    self._buffer.scalar("epoch", self._step, float(self._epochs.index), time.time())
+                    self.buffer.scalar("epoch", self._step, float(self._epochs.index), time.time())
                 self._step += 1  # no optimizer in this run: a repeated key starts a new step
                 self._keys_at_step.clear()
                 if self._step % self.settings.log_every == 0:
@@ -462,7 +484,7 @@ class Run:
             step = self._step
         if on_epoch:  # aggregated on the device; recorded when the epoch ends (`epoch_end`)
             add = self._epochs.add
-            with self._buffer._lock:  # `log` may be called from any thread
+            with self.buffer._lock:  # `log` may be called from any thread
                 for name, v in items:
                     add(name, v, step, reduce, on_step, logger, prog_bar, sync_dist)
             if not on_step:
@@ -477,15 +499,15 @@ class Run:
         ranks), to the console bar only without `logger`."""
         if not logger:
             if not self.is_follower:  # the bar shows rank 0's values: a live view, never reduced
-                self._buffer.bar_scalars_from(items, step, wall)
+                self.buffer.bar_scalars_from(items, step, wall)
             return
         if prog_bar:
-            self._buffer.mark_prog_bar([n for n, _ in items])
+            self.buffer.mark_prog_bar([n for n, _ in items])
         if sync_dist and self.dist.world_size > 1:
             for name, v in items:
                 self.log_synced(name, step, v, reduce)
         elif not self.is_follower:
-            self._buffer.scalars_from(items, step, wall)
+            self.buffer.scalars_from(items, step, wall)
 
     # ------------------------------------------------------------------ epochs
     @property
@@ -505,7 +527,7 @@ class Run:
         self._close_epoch()
         epochs.ended = True  # the training loader's next pass begins the next epoch, it ends none
 
-    def _epoch_begins(self, start_step: int | None = None) -> None:
+    def loader_epoch(self, start_step: int | None = None) -> None:
         """The capture saw the training DataLoader's iteration begin (`start_step`: the step at
         its first iteration, given once, when the loader is recognised)."""
         epochs = self._epochs
@@ -526,8 +548,8 @@ class Run:
         its points still in the buffer (not yet handed off) are taken back."""
         epochs = self._epochs
         epochs.external, epochs.active = True, False
-        with self._buffer._lock:
-            self._buffer.scalars = [p for p in self._buffer.scalars if p[0] != "epoch"]
+        with self.buffer._lock:
+            self.buffer.scalars = [p for p in self.buffer.scalars if p[0] != "epoch"]
 
     def _activate_epochs(self, start_step: int) -> None:
         """Epochs are known from now on: the ``epoch`` series, from the epoch's first step."""
@@ -538,14 +560,14 @@ class Run:
         epochs.start_step = min(start_step, self._step)
         wall = time.time()
         for s in range(epochs.start_step, self._step):  # the steps of this epoch done so far
-            self._buffer.scalar("epoch", s, float(epochs.index), wall)
+            self.buffer.scalar("epoch", s, float(epochs.index), wall)
 
     def _close_epoch(self) -> None:
         """Record the epoch's aggregates, each at the step of its last value (in a step, before
         ``optimizer.step()`` as in Lightning's ``training_step``: the epoch's last step, where
         Lightning records them); the next epoch begins here."""
         epochs = self._epochs
-        with self._buffer._lock:
+        with self.buffer._lock:
             closed = epochs.close()
             epochs.start_step = self._step
             epochs.ended = False
@@ -559,7 +581,7 @@ class Run:
         step = self._step if step is None else validate.step(step, what)
         if self._finished or self._forked:
             return
-        self._buffer.add_media(MediaRecord(kind=kind, name=name, step=step, wall_time=time.time(), data=data))
+        self.buffer.add_media(MediaRecord(kind=kind, name=name, step=step, wall_time=time.time(), data=data))
         self.maybe_flush()
 
     def log_histogram(self, name: str, values: Any, step: int | None = None, bins: int = 64) -> None:
@@ -571,10 +593,10 @@ class Run:
         step = self._step if step is None else validate.step(step, what)
         if self._finished or self._forked or self.is_follower:
             return
-        from autolog.capture import stats  # watch's kernel: device ops only, nothing read back
+        from autolog.pipeline import stats  # watch's kernel: device ops only, nothing read back
 
         counts, low, high = stats.histogram(tensor, bins)
-        self._buffer.histogram(name, step, counts, low, high, time.time())
+        self.buffer.histogram(name, step, counts, low, high, time.time())
         self.maybe_flush()
 
     def log_image(self, name: str, image: Any, step: int | None = None) -> None:
@@ -621,7 +643,7 @@ class Run:
         """Add or change config entries during the run (flattened and redacted like the rest)."""
         flat = self._redactor.config(config_mod.flatten(values))
         self.config.update(flat)
-        self._buffer.update_config(flat)
+        self.buffer.update_config(flat)
 
     def set_summary(self, values: Mapping[str, Any]) -> None:
         self.summary.update(values)
@@ -658,28 +680,40 @@ class NullRun:
     """What `mode="disabled"` gives: every method does nothing, and nothing is written.
 
     While open it sits on the run stack so that `autolog.log` and nested tracked calls are
-    silent no-ops; `current_run()` still says None."""
+    silent no-ops; `current_run()` still says None. It implements `RunPort` (with no capture)
+    and the public methods of `Run`, each doing nothing."""
 
     id = name = project = path = None
     status = "disabled"
     step = 0
     epoch = 0
+    capture = buffer = settings = dist = None  # never read: a disabled run has no capture
+    flush_count = 0
+    finished = False
+    is_follower = False
+    resumed = False
 
     def __init__(self) -> None:
         self.config: dict = {}
         self.summary: dict = {}
-        _active.append(self)  # type: ignore[arg-type]
-
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        return _noop
+        self.meta: dict = {}
+        _state.push(self)
 
     def finish(self, *args: Any, **kwargs: Any) -> None:
-        with _state_lock:
-            if self in _active:
-                _active.remove(self)  # type: ignore[arg-type]
+        _state.remove(self)
 
     def flush(self, *args: Any, **kwargs: Any) -> bool:
         return True
+
+    def backend(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def log(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    log_image = log_figure = log_text = log_histogram = update_config = set_summary = log
+    epoch_end = advance_step = log_synced = media = loader_epoch = log
+    on_finish = on_handoff = on_prepare = add_reducer = log
 
     def __enter__(self) -> "NullRun":
         return self
@@ -687,10 +721,6 @@ class NullRun:
     def __exit__(self, *exc: Any) -> bool:
         self.finish()
         return False
-
-
-def _noop(*args: Any, **kwargs: Any) -> None:
-    return None
 
 
 def finish_for_exception(run: "Run | NullRun", exc: BaseException | None) -> None:
@@ -772,12 +802,11 @@ _forked_child = False
 
 
 def _after_fork_in_child() -> None:
-    global _state_lock, _forked_child
+    global _forked_child
     _forked_child = True
-    _state_lock = threading.RLock()
     for run in list(_all_runs):
         run._after_fork_in_child()
-    _active.clear()
+    _state.reset_after_fork()
 
 
 process.hooks.bind(process.Callbacks(end_for_signal=_end_for_signal, end_for_exception=_end_for_exception,

@@ -8,7 +8,7 @@ import sys
 from typing import Any, Iterable, Mapping
 
 from autolog.core.validate import clean_text, step as checked_step
-from autolog.capture.options import parse_capture
+from autolog.core.options import parse_capture
 
 DEFAULT_DIR = "runs"
 DEFAULT_SINKS = ("local", "console")
@@ -50,7 +50,7 @@ class Settings:
     close_timeout: float
     config: Mapping[str, Any] | None
     tags: tuple[str, ...]
-    capture: frozenset[str]  # automatic capture names, see autolog.capture.options
+    capture: frozenset[str]  # automatic capture names, see autolog.core.options
     redact: tuple[Any, ...]
     mode: str
     sync_dist: bool = False

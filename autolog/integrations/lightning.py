@@ -162,8 +162,8 @@ class AutologCallback(*_callback_bases()):  # type: ignore[misc]
             log_every=getattr(trainer, "log_every_n_steps", 0),
             progress_bar=getattr(trainer, "progress_bar_callback", None) is not None, fallback=resuming)
         self._stage = stage
-        # autolog's capture counts the run's optimizer steps (run._capture is set by autolog.capture)
-        self._counting = getattr(self.run, "_capture", None) is not None
+        # autolog's capture counts the run's optimizer steps (run.capture is set by autolog.capture)
+        self._counting = getattr(self.run, "capture", None) is not None
         self._seen, self._step_names, self._offset, self._batch_step, self._tail_step = {}, set(), 0, None, None
 
     def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:

@@ -1,6 +1,18 @@
 """The run buffer: what the training thread appends to between hand-offs.
 
 Appending is all the hot path does: values that are tensors stay on their device, untouched.
+Each optimizer step appends one fixed-shape *step row* (`RunBuffer.add_row`, no lock: a list
+append is atomic) holding what the step produced::
+
+    (names, step, clock, loss, clip, hparams, samples, event)
+
+`names` (`StepNames`): the optimizer's series names; `step`: the run's step; `clock`:
+``time.perf_counter()`` after the step; `loss`, `clip`: the step's objective and
+``clip_grad_norm_`` total (tensors on their device, numbers, or None); `hparams`: None (no
+point), `SAME` (unchanged since the optimizer's previous row) or a list of (name, value);
+`samples`: None for a step that does not complete the run's step, else the samples it trained
+on (0: unknown), which gives ``perf/step_time`` and ``perf/samples_per_sec``; `event`: a CUDA
+timing event, or None. Rows are expanded into points on the writer thread (`Staged.resolve`).
 `RunBuffer.stage` (at a hand-off, on the training thread) packs every pending tensor of a
 device into one flat float64 tensor and starts ONE copy to the host (asynchronous on CUDA, so
 even the hand-off does not wait for the device); `Staged.resolve` (on the writer thread) waits
@@ -9,12 +21,14 @@ for the copy and builds the plain host `Batch` the sinks receive.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Sequence
 
 import torch
 
 from autolog.core.process import deferred_signals  # a leaf module: imports nothing of autolog
-from autolog.pipeline.records import Batch, HistogramRecord, MediaRecord, Probe
+from autolog.metrics import SAMPLES_PER_SEC, STEP_TIME
+from autolog.pipeline.records import SAME, Batch, HistogramRecord, MediaRecord, Probe
 
 Number = (int, float)
 POINT_BYTES = 120  # host memory of one pending scalar point (tuple, name ref, floats), estimated
@@ -26,9 +40,11 @@ class RunBuffer:
     def __init__(self) -> None:
         # Re-entrant: a SIGTERM handler that flushes may interrupt an append on the same thread.
         self._lock = threading.RLock()
+        self.last_clock: Any = None  # the clock (or CUDA event) of the last run step handed off
         self._clear()
 
     def _clear(self) -> None:
+        self.rows: list[tuple] = []  # step rows (see the module docstring)
         self.scalars: list[tuple[str, int, Any, float]] = []
         self.vectors: list[tuple[Sequence[str], int, torch.Tensor, float]] = []
         self.histograms: list[tuple[str, int, Any, Any, Any, float]] = []
@@ -44,9 +60,14 @@ class RunBuffer:
         self._clear()
 
     def __len__(self) -> int:
-        return len(self.scalars) + len(self.vectors) + len(self.histograms) + len(self.media)
+        return len(self.rows) + len(self.scalars) + len(self.vectors) + len(self.histograms) + len(self.media)
 
     # -- hot path ---------------------------------------------------------------------------
+    def add_row(self, row: tuple) -> None:
+        """One optimizer step's row (see the module docstring). No lock: only the training
+        thread adds rows, and `stage` swaps the list whole."""
+        self.rows.append(row)
+
     def scalar(self, name: str, step: int, value: Any, wall: float) -> None:
         """`value`: a Python/numpy number or a one-element tensor (kept on its device)."""
         with self._lock:
@@ -100,16 +121,23 @@ class RunBuffer:
     def stage(self, step: int) -> "Staged | None":
         """Take everything pending and start its copy to the host; None when empty."""
         with self._lock:
-            if not (self.scalars or self.vectors or self.histograms or self.media or self.config
+            if not (self.rows or self.scalars or self.vectors or self.histograms or self.media or self.config
                     or self.probes or self.timing or self.bar):
                 return None
+            rows = self.rows
+            previous = self.last_clock
+            for row in reversed(rows):  # the clock of this batch's last run step, for the next one
+                if row[6] is not None:
+                    self.last_clock = row[2] if row[7] is None else row[7]
+                    break
             bar = self.bar
             scalars = self.scalars + bar if bar else self.scalars  # the bar's last: split in resolve
             vectors, hists = self.vectors, self.histograms
             media, config, prog_bar = self.media, self.config, tuple(sorted(self.prog_bar))
             probes, timing = self.probes, self.timing
             self._clear()
-        return Staged(scalars, vectors, hists, media, config, prog_bar, step, probes, timing, len(bar))
+        return Staged(scalars, vectors, hists, media, config, prog_bar, step, probes, timing, len(bar),
+                      rows, previous)
 
 
 def host_dtype(device: torch.device) -> torch.dtype:
@@ -200,8 +228,10 @@ class Staged:
     """A batch whose device values are on their way to the host."""
 
     def __init__(self, scalars, vectors, hists, media, config, prog_bar, step, probes=(), timing=(),
-                 n_bar: int = 0) -> None:
+                 n_bar: int = 0, rows: list[tuple] = (), previous_clock: Any = None) -> None:
         self.media, self.config, self.prog_bar, self.step = media, config, prog_bar, step
+        self.rows, self.previous_clock = rows, previous_clock
+        self.clock_offset = time.time() - time.perf_counter()  # a row's clock + this = its wall time
         self.n_bar = n_bar  # the last `n_bar` scalars are for the console bar only
         self.scalars, self.vectors, self.hists = scalars, vectors, hists
         self.probes, self.timing = list(probes), list(timing)
@@ -238,12 +268,23 @@ class Staged:
             else:
                 add(None)
         self.scalar_slots = scalar_slots
+        # Step rows: the loss and clip norm (and tensor hyperparameters) of each, in order.
+        row_slots: list[Any] = []
+        add = row_slots.append
+        for row in rows:
+            loss, clip, hp = row[3], row[4], row[5]
+            ls = slot(loss) if isinstance(loss, tensor) else None
+            cs = slot(clip) if isinstance(clip, tensor) else None
+            hs = [slot(v) for _n, v in hp] if hp is not None and hp is not SAME and any(
+                isinstance(v, tensor) for _n, v in hp) else None
+            add((ls, cs, hs) if (ls or cs or hs) else None)
+        self.row_slots = row_slots
         self.vector_slots = [slot(v) for _n, _s, v, _w in vectors]
         self.hist_slots = [(slot(c), slot(lo), slot(hi)) for _n, _s, c, lo, hi, _w in hists]
         self.probe_slots = [slot(v) for _k, _key, _s, v in self.probes]
         self.copies = {dev: _host_copy(ts) for dev, ts in groups.items()}
         # host memory this hand-off holds until the writer has logged it (for max_pending_mb)
-        self.nbytes = POINT_BYTES * (len(scalars) + len(hists)) + 8 * sum(sizes.values()) + sum(
+        self.nbytes = POINT_BYTES * (len(scalars) + len(hists) + 4 * len(rows)) + 8 * sum(sizes.values()) + sum(
             int(getattr(m.data, "nbytes", 0) or 0) for m in media)
 
     def resolve(self) -> Batch:
@@ -267,6 +308,8 @@ class Staged:
 
         points: list = []
         append = points.append
+        timing = list(self.timing)
+        dropped += self._expand_rows(host, append, timing)
         n_public = len(self.scalars) - self.n_bar
         bar: list = []
         for i, ((name, step, value, wall), sl) in enumerate(zip(self.scalars, self.scalar_slots)):
@@ -301,10 +344,66 @@ class Staged:
         self.copies = {}
         return Batch(scalars=points, histograms=histograms, media=list(self.media),
                      config=self.config, step=self.step, prog_bar=self.prog_bar,
-                     probes=probes, timing=self.timing, dropped_values=dropped, bar=bar)
+                     probes=probes, timing=timing, dropped_values=dropped, bar=bar)
+
+    def _expand_rows(self, host: dict[Any, list[Any]], append: Any, timing: list[Any]) -> int:
+        """The step rows as points (writer thread): loss, clip norm, hyperparameters (a row
+        marked `SAME` repeats its optimizer's previous values), step time and samples/s (from
+        the clocks of consecutive run steps; CUDA events become `timing` entries). Returns the
+        number of values that could not be converted."""
+        dropped = 0
+        offset = self.clock_offset
+        previous = self.previous_clock
+        last_hp: dict[Any, list[tuple[str, Any]]] = {}
+        for row, slots in zip(self.rows, self.row_slots):
+            names, step, clock, loss, clip, hp, samples, event = row
+            wall = clock + offset
+            if slots is not None:
+                ls, cs, hs = slots
+                if ls is not None:
+                    loss = host[ls[0]][ls[1]]
+                if cs is not None:
+                    clip = host[cs[0]][cs[1]]
+                if hs is not None:
+                    hp = [(n, host[s[0]][s[1]] if s is not None else v) for (n, v), s in zip(hp, hs)]
+            try:
+                if loss is not None:
+                    append((names.loss, step, float(loss), wall))
+            except (TypeError, ValueError, OverflowError):
+                dropped += 1
+            try:
+                if clip is not None:
+                    append((names.grad_norm, step, float(clip), wall))
+            except (TypeError, ValueError, OverflowError):
+                dropped += 1
+            if hp is not None:
+                if hp is SAME:
+                    hp = last_hp.get(names, ())
+                else:
+                    last_hp[names] = hp
+                for name, value in hp:
+                    try:
+                        append((name, step, float(value), wall))
+                    except (TypeError, ValueError, OverflowError):
+                        dropped += 1
+            if samples is None:
+                continue
+            if event is not None:
+                if previous is not None and not isinstance(previous, float):
+                    timing.append((step, previous, event, samples, wall))
+                previous = event
+                continue
+            if previous is not None and isinstance(previous, float):
+                seconds = clock - previous
+                append((STEP_TIME, step, seconds, wall))
+                if samples and seconds > 0:
+                    append((SAMPLES_PER_SEC, step, samples / seconds, wall))
+            previous = clock
+        return dropped
 
     def _slots_of(self, dev: Any) -> list[tuple[Any, int, int]]:
         slots = [s for s in self.scalar_slots + self.vector_slots + self.probe_slots if s]
+        slots += [s for triple in self.row_slots if triple for s in (triple[0], triple[1], *(triple[2] or ())) if s]
         slots += [s for triple in self.hist_slots for s in triple if s]
         return [s for s in slots if s[0] == dev]
 

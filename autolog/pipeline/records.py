@@ -12,6 +12,27 @@ from typing import Any
 ScalarPoint = tuple[str, int, float, float]
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class StepNames:
+    """The series names of one optimizer's step rows (`autolog.pipeline.buffer`): its loss and
+    clip norm. A rename (`name_optimizer`) makes a new object, so rows keep the names they were
+    recorded under. Compared by identity: a row's hyperparameters marked `SAME` repeat those of
+    the previous row with the same object."""
+
+    loss: str
+    grad_norm: str
+
+
+class _Same:
+    """`SAME`: a step row's hyperparameters are those of the previous row of its optimizer."""
+
+    def __repr__(self) -> str:
+        return "SAME"
+
+
+SAME = _Same()
+
+
 @dataclasses.dataclass(frozen=True)
 class RunInfo:
     """Identity of a run, given to `Sink.open`."""

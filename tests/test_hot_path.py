@@ -1,0 +1,128 @@
+"""The per-step path: one row per optimizer step, hyperparameters read again only when they
+change, the NaN/Inf check one fused norm per step, and the capture's narrow port to the run."""
+import inspect
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import autolog
+from autolog.capture.errors import NonFiniteWarning
+from autolog.core.port import RunPort
+from autolog.core.run import NullRun
+from autolog.pipeline.records import SAME
+from capture_util import batches, open_run, read, series, tiny
+
+
+def _train(model, opt, data, sched=None):
+    for x, y in data:
+        opt.zero_grad()
+        F.mse_loss(model(x), y).backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+
+
+def test_one_row_per_step_with_hyperparameters_only_when_they_change(tmp_path):
+    model = tiny()
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+    with open_run(tmp_path, log_every=1000) as run:  # no hand-off: the rows are all pending
+        _train(model, opt, batches(7), sched)
+        rows = list(run.buffer.rows)
+        assert [r[1] for r in rows] == list(range(7))  # one row per step, at its step
+        assert not run.buffer.scalars  # nothing else per step
+        recorded = [r[5] is not SAME for r in rows]
+        # the first step, then each step whose lr the scheduler changed (after steps 2 and 5)
+        assert recorded == [True, False, False, True, False, False, True]
+        assert all(isinstance(r[3], torch.Tensor) and r[3].device.type == "cpu" for r in rows)
+    data = read(run)
+    # read back, every step has every hyperparameter, as if each had been recorded
+    assert series(data, "optim/lr") == {0: 0.1, 1: 0.1, 2: 0.1, 3: 0.05, 4: 0.05, 5: 0.05, 6: 0.025}
+    assert series(data, "optim/beta2") == {i: 0.999 for i in range(7)}
+    assert sorted(series(data, "perf/step_time")) == list(range(1, 7))
+
+
+def test_every_hand_off_records_the_hyperparameters_again(tmp_path):
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with open_run(tmp_path, log_every=3) as run:
+        _train(model, opt, batches(4))
+        assert run.buffer.rows[0][1] == 3 and run.buffer.rows[0][5] is not SAME  # first of a batch
+        opt.param_groups[0]["momentum"] = 0.5  # edited in place between steps
+        _train(model, opt, batches(2))
+    data = read(run)
+    assert series(data, "optim/momentum") == {0: 0.9, 1: 0.9, 2: 0.9, 3: 0.9, 4: 0.5, 5: 0.5}
+    assert series(data, "optim/lr") == {i: 0.1 for i in range(6)}
+
+
+def test_a_tensor_learning_rate_changed_in_place_is_read_every_step(tmp_path):
+    model = tiny()
+    lr = torch.tensor(0.1)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    with open_run(tmp_path, log_every=1000) as run:
+        for i, (x, y) in enumerate(batches(3)):
+            opt.zero_grad()
+            F.mse_loss(model(x), y).backward()
+            opt.step()
+            lr.mul_(0.5)  # the same tensor object, a new value
+    assert series(read(run), "optim/lr") == pytest.approx({0: 0.1, 1: 0.05, 2: 0.025})  # float32
+
+
+def _ops(fn):
+    with torch.autograd.profiler.profile() as prof:
+        fn()
+    names = [e.name for e in prof.function_events]
+    return {name: names.count(name) for name in set(names)}
+
+
+def test_the_nan_check_is_one_fused_norm_per_step(tmp_path):
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = batches(6)
+    with open_run(tmp_path, log_every=1000):
+        autolog.watch(model, log=None)  # the NaN/Inf alarm only
+        _train(model, opt, data[:2])  # the first steps build the plan
+        watched = _ops(lambda: _train(model, opt, data[2:]))
+    plain = _ops(lambda: _train(model, opt, data[2:]))
+    extra = {k: v - plain.get(k, 0) for k, v in watched.items() if v != plain.get(k, 0)}
+    # four steps: one _foreach_norm and one stack each; nothing folded, compared or read back
+    assert extra.get("aten::_foreach_norm") == 4
+    assert extra.get("aten::stack") == 4
+    for name in ("aten::isfinite", "aten::where", "aten::item", "aten::_local_scalar_dense", "aten::copy_"):
+        assert name not in extra, extra
+
+
+@pytest.mark.parametrize("bad_step", [0, 4, 9])
+def test_the_first_bad_step_and_parameter_survive_the_fold(tmp_path, bad_step):
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0 keeps the weights finite
+    with pytest.warns(NonFiniteWarning, match=f"step {bad_step}"), open_run(tmp_path, log_every=5) as run:
+        autolog.watch(model, log=None)
+        for i, (x, y) in enumerate(batches(12)):
+            opt.zero_grad()
+            F.mse_loss(model(x), y).backward()
+            if i >= bad_step:
+                model[2].bias.grad[0] = float("nan")  # bad from this step on
+            if i >= bad_step + 1:
+                model[0].weight.grad[0, 0] = float("inf")  # an earlier parameter, one step later
+            opt.step()
+    assert read(run).meta["nonfinite"] == {"step": bad_step, "parameter": "2.bias", "loss": False}
+
+
+PORT = [name for name, _ in inspect.getmembers(RunPort) if not name.startswith("_")] + list(
+    RunPort.__annotations__)
+
+
+def test_the_null_run_implements_the_port_without_getattr():
+    assert "__getattr__" not in vars(NullRun)
+    assert {"advance_step", "on_finish", "buffer", "capture", "step"} <= set(PORT)
+    with autolog.run(mode="disabled") as run:
+        assert isinstance(run, NullRun) and run.capture is None
+        missing = [name for name in PORT if not hasattr(run, name)]
+        assert not missing
+        run.advance_step()
+        run.on_finish(lambda r: None)
+        autolog.log("x", 1.0)
+        with pytest.raises(AttributeError):
+            run.no_such_thing  # noqa: B018 -- a typo is an error, not a silent no-op
