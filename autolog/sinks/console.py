@@ -190,7 +190,7 @@ class ConsoleSink(Sink):
         self._proxies: dict[str, _BarSafeStream] = {}
         self._lock: Any = threading.RLock()
         self._line_t = self._line_step = 0.0
-        self._refresh_t = -math.inf  # the last redraw of the bar without a step
+        self._refresh_t = -math.inf  # time.time() of the last redraw without a step
         self._start = time.monotonic()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -247,15 +247,19 @@ class ConsoleSink(Sink):
         advance = max(step - self.step, 0)
         self.step = max(step, self.step)
         if self.mode == "bar":
+            bar = self._bar
             with self._lock:
-                self._bar.set_postfix(self._postfix(), refresh=False)
+                # tqdm redraws at most every `mininterval` (its clock is time.time): the values
+                # are formatted only for a hand-off that will be drawn
+                now = time.time()
+                due = now - max(getattr(bar, "last_print_t", 0.0), self._refresh_t) >= bar.mininterval
+                if due:
+                    bar.set_postfix(self._postfix(), refresh=False)
                 if advance:
-                    self._bar.update(advance)  # (tqdm redraws at most every `mininterval`)
-                else:
-                    now = time.monotonic()
-                    if now - self._refresh_t >= self._bar.mininterval:
-                        self._refresh_t = now
-                        self._bar.refresh()
+                    bar.update(advance)
+                elif due:
+                    self._refresh_t = now
+                    bar.refresh()
         elif self.mode == "lines":
             now = time.monotonic()
             if now - self._line_t >= self.interval:
