@@ -20,6 +20,7 @@ on_nan="ignore": nothing is checked.
 from __future__ import annotations
 
 import math
+import operator
 import threading
 from typing import Any
 
@@ -33,12 +34,13 @@ PROBE = "nonfinite"  # the kind of this monitor's `Batch.probes`
 LOSS = "train/loss"
 _LOSS_SERIES = LOSS + "/"
 _NEVER = 2**62  # "no bad step" while reducing
+_VALUE = operator.itemgetter(2)  # a scalar point's value
 
 
 class NonFiniteMonitor:
     def __init__(self, run: Any) -> None:
         self.run = run
-        self.policy = "warn"
+        self.policy = "warn"  # set through `policy`
         self.names: list[str] = []  # parameter names; a device-side index points in here
         self._offsets: dict[tuple[str, ...], int] = {}
         # (device, parameter names) -> (offset of the names in self.names, first bad step per
@@ -54,8 +56,14 @@ class NonFiniteMonitor:
         self.announced = False
 
     @property
-    def active(self) -> bool:
-        return self.policy != "ignore"
+    def policy(self) -> str:
+        return self._policy
+
+    @policy.setter
+    def policy(self, value: str) -> None:
+        self._policy = value
+        self.active = value != "ignore"  # plain attributes: read at every step
+        self.raises = value == "raise"
 
     # -- training thread, every step ---------------------------------------------------------
     def check_gradients(self, names: tuple[str, ...], norms: torch.Tensor, step: int) -> None:
@@ -175,9 +183,12 @@ class NonFiniteMonitor:
         if not self.active:
             return
         loss_step = None
-        for point in batch.scalars:
-            if (point[0] == LOSS or point[0].startswith(_LOSS_SERIES)) and not math.isfinite(point[2]):
-                loss_step = point[1] if loss_step is None else min(loss_step, point[1])
+        scalars = batch.scalars
+        # one C-level sum first: finite (the usual case) means no value of the batch is NaN/Inf
+        if scalars and not math.isfinite(sum(map(_VALUE, scalars))):
+            for point in scalars:
+                if (point[0] == LOSS or point[0].startswith(_LOSS_SERIES)) and not math.isfinite(point[2]):
+                    loss_step = point[1] if loss_step is None else min(loss_step, point[1])
         grad = None
         for probe in batch.probes:
             if probe.kind != PROBE or len(probe.values) != 2:
@@ -186,7 +197,7 @@ class NonFiniteMonitor:
             if s >= 0 and 0 <= p < len(self.names) and (grad is None or s < grad[0]):
                 grad = (s, self.names[p])
         if self._update(loss_step, grad) and not self.announced:
-            if self.policy == "warn" or self.run._finished:  # "raise" raises on the training thread
+            if self.policy == "warn" or self.run.finished:  # "raise" raises on the training thread
                 self.announced = True
                 warn_user(_message(self.finding), NonFiniteWarning)  # told on the user's line
 

@@ -24,7 +24,7 @@ from autolog.capture import patches
 from autolog.capture import watch as watch_mod
 from autolog.capture.epochs import LoaderEpochs
 from autolog.capture.errors import NonFiniteError
-from autolog.capture.loss import FirstCall, Objective, is_loss
+from autolog.capture.loss import FirstCall, Objective
 from autolog.capture.nonfinite import NonFiniteMonitor
 from autolog.capture.sharded import ShardedStats
 from autolog.capture.optim import OptimizerState, given_name, inner_optimizer
@@ -93,7 +93,7 @@ class Capture:
 
     def __init__(self, run: RunPort, names: frozenset[str]) -> None:
         self.run = run
-        self.add_row = run.buffer.add_row  # the buffer lives as long as the run
+        self.buffer = run.buffer  # step rows go to `buffer.rows` (see `autolog.pipeline.buffer`)
         self.names = names
         self.losses = "loss" in names
         self.hparams = "optimizer" in names
@@ -123,12 +123,12 @@ class Capture:
     @property
     def raises(self) -> bool:
         """on_nan="raise": the losses are kept for the check at each hand-off."""
-        return self.monitor.policy == "raise"
+        return self.monitor.raises
 
     # -- backward and loss ---------------------------------------------------------------------
     def on_backward(self, tensor: torch.Tensor) -> None:
         """A scalar backward() with the implicit gradient of one ran on `tensor`."""
-        if not is_loss(tensor):
+        if tensor.numel() != 1 or not tensor.is_floating_point():  # `is_loss`, inlined
             return
         if type(tensor) is not torch.Tensor and type(tensor) is not torch.nn.Parameter:
             tensor = _full(tensor)  # a DTensor loss (tensor parallel): its full value
@@ -138,7 +138,11 @@ class Capture:
                 closure.segment.add(tensor)
             return  # a later call of the closure (a line search): no step's loss
         if self.losses:
-            self.objective.add(tensor)
+            objective = self.objective
+            if objective.sum is None and not tensor.dim():  # the step's first loss: kept as it is
+                objective.sum = tensor.detach()  # (`Objective.add`'s first case, inlined)
+            else:
+                objective.add(tensor)
         if self.stepless is None:
             self.stepless = not optimizer_alive()
         if self.stepless:
@@ -273,12 +277,14 @@ class Capture:
                 hp = state.step_hparams(optimizer)
             feature = "timing"
             if primary and self.timing:
-                samples = self._samples()
+                samples = self.batch_samples
+                if not samples and self.watched:
+                    samples = next(iter(self.watched.values())).counter.samples
                 device = state.device if state.device is not None else state.first_device(optimizer)
                 if device is not None and device.type == "cuda":
                     event = _cuda_event(device)
             if not self.follower and (loss is not None or clip is not None or hp is not None or samples is not None):
-                self.add_row((state.names, step, clock, loss, clip, hp, samples, event))
+                self.buffer.rows.append((state.names, step, clock, loss, clip, hp, samples, event))
         except Exception as exc:  # noqa: BLE001 -- instrumentation must never break training
             self._fail(feature, exc)
         if self.watched and (not self.follower or self.sharded.enabled):
@@ -356,7 +362,7 @@ class Capture:
                 if device.type == "cuda":
                     event = _cuda_event(device)
             if not self.follower and (loss is not None or samples is not None):
-                self.add_row((source.names, step, clock, loss, None, None, samples, event))
+                self.buffer.rows.append((source.names, step, clock, loss, None, None, samples, event))
         except Exception as exc:  # noqa: BLE001
             self._fail(feature, exc)
         if self.watched and (not self.follower or self.sharded.enabled):

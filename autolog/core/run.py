@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import operator
 
 import os
 import signal
@@ -36,6 +37,7 @@ from autolog.sinks.local import LocalSink
 
 _active = _state.active  # the stack of open runs of this process (nested calls join the top)
 _all_runs: "weakref.WeakSet[Run]" = weakref.WeakSet()
+_NAME, _VALUE = operator.itemgetter(0), operator.itemgetter(2)  # of a scalar point
 current = _state.current
 
 
@@ -49,6 +51,7 @@ class Run:
         """`instrument(run)`: installs the automatic capture (`autolog.capture.instrument`, given
         by the API layer: the core never imports the capture)."""
         self.settings = settings
+        self._log_every = settings.log_every
         self._instrument = instrument
         self.project = settings.project
         self.tags = settings.tags
@@ -333,8 +336,9 @@ class Run:
             self.buffer.scalar("epoch", self._step, float(self._epochs.index), time.time())
         self._step += 1
         self._optimizer_seen = True
-        self._keys_at_step.clear()
-        if self._step % self.settings.log_every == 0:
+        if self._keys_at_step:
+            self._keys_at_step.clear()
+        if self._step % self._log_every == 0:
             if self._sync_pending or any(r.pending() for r in self._reducers):
                 self._reduce_point()
             self._handoff()
@@ -414,7 +418,8 @@ class Run:
                 hook(batch)
             except Exception as exc:  # noqa: BLE001
                 self.pipeline.writer_error("prepare hook", exc)
-        self._last_values.update((name, value) for name, _s, value, _w in batch.scalars)
+        scalars = batch.scalars
+        self._last_values.update(zip(map(_NAME, scalars), map(_VALUE, scalars)))  # C-level, no loop
         if batch.media:
             stored = []
             for record in batch.media:

@@ -1,8 +1,9 @@
 """The run buffer: what the training thread appends to between hand-offs.
 
 Appending is all the hot path does: values that are tensors stay on their device, untouched.
-Each optimizer step appends one fixed-shape *step row* (`RunBuffer.add_row`, no lock: a list
-append is atomic) holding what the step produced::
+Each optimizer step appends one fixed-shape *step row* to `RunBuffer.rows` (``rows.append``:
+no lock, a list append is atomic; only the training thread appends rows, and `stage` swaps the
+list whole) holding what the step produced::
 
     (names, step, clock, loss, clip, hparams, samples, event)
 
@@ -20,8 +21,10 @@ for the copy and builds the plain host `Batch` the sinks receive.
 """
 from __future__ import annotations
 
+import operator
 import threading
 import time
+from itertools import repeat
 from typing import Any, Sequence
 
 import torch
@@ -31,6 +34,8 @@ from autolog.metrics import SAMPLES_PER_SEC, STEP_TIME
 from autolog.pipeline.records import SAME, Batch, HistogramRecord, MediaRecord, Probe
 
 Number = (int, float)
+_LOSS_NAME = operator.attrgetter("loss")
+_STEP = operator.itemgetter(1)
 POINT_BYTES = 120  # host memory of one pending scalar point (tuple, name ref, floats), estimated
 
 
@@ -63,11 +68,6 @@ class RunBuffer:
         return len(self.rows) + len(self.scalars) + len(self.vectors) + len(self.histograms) + len(self.media)
 
     # -- hot path ---------------------------------------------------------------------------
-    def add_row(self, row: tuple) -> None:
-        """One optimizer step's row (see the module docstring). No lock: only the training
-        thread adds rows, and `stage` swaps the list whole."""
-        self.rows.append(row)
-
     def scalar(self, name: str, step: int, value: Any, wall: float) -> None:
         """`value`: a Python/numpy number or a one-element tensor (kept on its device)."""
         with self._lock:
@@ -268,8 +268,15 @@ class Staged:
             else:
                 add(None)
         self.scalar_slots = scalar_slots
-        # Step rows: the loss and clip norm (and tensor hyperparameters) of each, in order.
+        # Step rows: usually every loss is a 0-d tensor of one device and nothing else is a
+        # tensor: the losses are stacked by one op into one slot. Otherwise each row's tensors
+        # (loss, clip norm, tensor hyperparameters) get slots of their own.
+        self.loss_slot: Any = None
         row_slots: list[Any] = []
+        stacked = _stacked_losses(rows) if rows else None
+        if stacked is not None:
+            self.loss_slot = slot(stacked)
+            rows = ()
         add = row_slots.append
         for row in rows:
             loss, clip, hp = row[3], row[4], row[5]
@@ -278,7 +285,7 @@ class Staged:
             hs = [slot(v) for _n, v in hp] if hp is not None and hp is not SAME and any(
                 isinstance(v, tensor) for _n, v in hp) else None
             add((ls, cs, hs) if (ls or cs or hs) else None)
-        self.row_slots = row_slots
+        self.row_slots = row_slots or [None] * len(self.rows)
         self.vector_slots = [slot(v) for _n, _s, v, _w in vectors]
         self.hist_slots = [(slot(c), slot(lo), slot(hi)) for _n, _s, c, lo, hi, _w in hists]
         self.probe_slots = [slot(v) for _k, _key, _s, v in self.probes]
@@ -355,10 +362,25 @@ class Staged:
         offset = self.clock_offset
         previous = self.previous_clock
         last_hp: dict[Any, list[tuple[str, Any]]] = {}
-        for row, slots in zip(self.rows, self.row_slots):
+        losses = None
+        if self.loss_slot is not None:
+            dev, start, n = self.loss_slot
+            losses = host[dev][start:start + n]
+            if None not in losses:
+                try:
+                    points, _last = _columns_to_points(self.rows, losses, offset, previous)
+                except (TypeError, ValueError, OverflowError):
+                    pass  # an odd hyperparameter: the general path below counts what it drops
+                else:
+                    for point in points:
+                        append(point)
+                    return 0
+        for i, (row, slots) in enumerate(zip(self.rows, self.row_slots)):
             names, step, clock, loss, clip, hp, samples, event = row
             wall = clock + offset
-            if slots is not None:
+            if losses is not None:
+                loss = losses[i]
+            elif slots is not None:
                 ls, cs, hs = slots
                 if ls is not None:
                     loss = host[ls[0]][ls[1]]
@@ -402,10 +424,71 @@ class Staged:
         return dropped
 
     def _slots_of(self, dev: Any) -> list[tuple[Any, int, int]]:
-        slots = [s for s in self.scalar_slots + self.vector_slots + self.probe_slots if s]
+        slots = [s for s in self.scalar_slots + self.vector_slots + self.probe_slots + [self.loss_slot] if s]
         slots += [s for triple in self.row_slots if triple for s in (triple[0], triple[1], *(triple[2] or ())) if s]
         slots += [s for triple in self.hist_slots for s in triple if s]
         return [s for s in slots if s[0] == dev]
+
+
+def _columns_to_points(rows: list[tuple], losses: list[float], offset: float, previous: Any
+                       ) -> tuple[list[tuple[str, int, float, float]], Any]:
+    """Step rows (no clip norm, no CUDA event, no tensor besides the losses, read back as
+    `losses`) as points, built column by column (C-level zips, no Python work per point), in
+    step order; and the clock of the last run step. Raises TypeError/ValueError/OverflowError
+    for a value that is not a number (the caller then takes the general path)."""
+    names_c, steps_c, clocks_c, _l, _c, hps_c, samples_c, events_c = zip(*rows)
+    if any(e is not None for e in events_c):
+        raise TypeError("CUDA timing events: the general path")
+    walls = [clock + offset for clock in clocks_c]
+    points = list(zip(map(_LOSS_NAME, names_c), steps_c, map(float, losses), walls))
+    runs: list[tuple[list, list[int]]] = []  # (hyperparameters, the rows they hold for)
+    current: dict[Any, tuple[list, list[int]]] = {}
+    for i, hp in enumerate(hps_c):
+        if hp is None:
+            continue
+        if hp is SAME:
+            entry = current.get(names_c[i])
+            if entry is not None:
+                entry[1].append(i)
+            continue
+        entry = current[names_c[i]] = (hp, [i])
+        runs.append(entry)
+    for hp, rows_of in runs:
+        steps, run_walls = [steps_c[i] for i in rows_of], [walls[i] for i in rows_of]
+        for name, value in hp:
+            points.extend(zip(repeat(name), steps, repeat(float(value)), run_walls))
+    timed = [i for i, samples in enumerate(samples_c) if samples is not None]
+    if timed:
+        clocks = [previous if isinstance(previous, float) else None] + [clocks_c[i] for i in timed]
+        for (i, before, clock) in zip(timed, clocks, clocks[1:]):
+            if before is None:
+                continue
+            seconds = clock - before
+            points.append((STEP_TIME, steps_c[i], seconds, walls[i]))
+            if samples_c[i] and seconds > 0:
+                points.append((SAMPLES_PER_SEC, steps_c[i], samples_c[i] / seconds, walls[i]))
+        previous = clocks[-1]
+    points.sort(key=_STEP)  # stable: per step, loss, hyperparameters, timing, as rows give them
+    return points, previous
+
+
+def _stacked_losses(rows: list[tuple]) -> torch.Tensor | None:
+    """The rows' losses as one 1-D tensor (one op, on their device) when every loss is a
+    one-element tensor, all on one device, and nothing else in the rows is a tensor (no clip
+    norm, no tensor hyperparameter); else None."""
+    columns = list(zip(*rows))
+    losses, clips, hps = columns[3], columns[4], columns[5]
+    if set(map(type, losses)) != {torch.Tensor} or set(map(type, clips)) != {type(None)}:
+        return None
+    for hp in hps:
+        if type(hp) is list and any(isinstance(v, torch.Tensor) for _n, v in hp):
+            return None
+    try:
+        with torch.no_grad():
+            stacked = torch.stack(losses).reshape(-1)  # raises on devices or shapes that differ
+    except (RuntimeError, TypeError, ValueError):
+        return None
+    return stacked if stacked.numel() == len(losses) else None
 
 
 def _histogram(name: str, step: int, counts: Any, low: Any, high: Any, low_dev: bool,
