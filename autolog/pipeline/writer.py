@@ -31,11 +31,6 @@ from autolog.sinks.base import Sink
 DEFAULT_MAX_PENDING_MB = 256.0
 
 
-def _yield() -> None:
-    """Give the GIL to a thread waiting for it (the training thread), if any."""
-    time.sleep(0)
-
-
 class _Close:
     def __init__(self, make_result: Callable[[], RunResult]) -> None:
         self.make_result = make_result
@@ -151,15 +146,11 @@ class Pipeline:
                     self._cond.notify_all()
 
     def _write(self, staged: Any) -> None:
-        """One hand-off, in phases with the GIL given back between them (`_yield`): the training
-        thread, which needs the GIL between its torch ops, waits for one phase at most, not for
-        the whole hand-off (nor for the interpreter's 5 ms switch interval)."""
         try:
             batch = staged.resolve()
         except Exception as exc:  # noqa: BLE001 -- a conversion bug costs this hand-off, not the run
             self.writer_error("resolve", exc)
             return
-        _yield()
         if self.prepare is not None:
             try:
                 self.prepare(batch)
@@ -167,12 +158,10 @@ class Pipeline:
                 self.writer_error("prepare", exc)
         self.dropped_values += batch.dropped_values
         batch.public()  # control fields never reach the log or a sink
-        _yield()
         start = self.log_end
         end = self._append(batch)
         if end is not None:
             self.log_end = end
-        _yield()
         for follower in self.followers:
             follower.offer(batch, start, self.log_end)
 
