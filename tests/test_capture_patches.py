@@ -91,10 +91,10 @@ def test_wrapped_on_top_by_someone_else(tmp_path):
 
 
 def test_a_failing_capture_never_breaks_training(tmp_path, monkeypatch, capsys):
-    def broken(self, value):
+    def broken(self):
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(Objective, "add", broken)
+    monkeypatch.setattr(Objective, "take", broken)  # the loss capture fails at every step
     model, reference = tiny(), tiny()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1)

@@ -65,9 +65,11 @@ def _autograd_backward(wrapped: Callable, instance: Any, args: tuple, kwargs: di
     if "loss" not in capture.guard.off:
         try:
             PATCHES.keep_up()
-            tensor = _loss_of(args, kwargs)
+            # Tensor.backward's call, (loss, None, None, False, inputs=...), read without a call
+            tensor = args[0] if len(args) == 4 and args[1] is None and type(args[0]) is torch.Tensor \
+                else _loss_of(args, kwargs)
             if tensor is not None:
-                capture.on_backward(unscaled(tensor))
+                capture.on_backward(unscaled(tensor) if _scaled else tensor)
         except NonFiniteError:  # a run without optimizer: its hand-off, at this backward
             raise
         except Exception as exc:  # noqa: BLE001 -- instrumentation must never break training
