@@ -126,3 +126,34 @@ def test_the_null_run_implements_the_port_without_getattr():
         autolog.log("x", 1.0)
         with pytest.raises(AttributeError):
             run.no_such_thing  # noqa: B018 -- a typo is an error, not a silent no-op
+
+
+def test_columns_encode_to_the_same_record_as_their_points():
+    import numpy as np
+
+    from autolog.pipeline.records import ScalarColumns
+    from autolog.store import format as fmt
+
+    columns = ScalarColumns(["train/loss", "optim/lr"], np.array([0, 1, 0, 1], dtype=np.uint32),
+                            np.array([3, 3, 4, 4]), np.array([0.5, 0.1, float("nan"), 0.1]),
+                            np.array([10.0, 10.0, 11.0, 11.0]))
+    extra = [("user/acc", 4, 0.9, 11.5), ("optim/lr", 5, 0.2, 12.0)]
+    as_points = fmt.encode_batch(columns.points() + extra, [], [], 5)
+    assert fmt.encode_batch(extra, [], [], 5, columns=columns) == as_points
+    assert columns.last_values() == {"train/loss": pytest.approx(float("nan"), nan_ok=True), "optim/lr": 0.1}
+    bad = ScalarColumns(["x"], np.array([1], dtype=np.uint32), np.array([0]), np.array([1.0]), np.array([0.0]))
+    with pytest.raises(ValueError, match="one key"):
+        fmt.encode_batch([], [], [], 0, columns=bad)  # a key with no name: refused, never written
+
+
+def test_sinks_get_points_and_the_log_gets_columns(tmp_path):
+    from autolog.testing import MemorySink
+
+    sink = MemorySink()
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with open_run(tmp_path, sinks=["local", sink], log_every=2) as run:
+        _train(model, opt, batches(4))
+    points = [p for b in sink.batches for p in b.scalars]
+    assert all(b.columns is None for b in sink.batches)
+    assert sorted((s, v) for n, s, v, _w in points if n == "train/loss") == sorted(read(run).metrics["train/loss"])

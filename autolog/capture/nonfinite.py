@@ -24,6 +24,7 @@ import operator
 import threading
 from typing import Any
 
+import numpy as np
 import torch
 
 from autolog.capture.errors import NonFiniteError, NonFiniteWarning
@@ -189,6 +190,14 @@ class NonFiniteMonitor:
             for point in scalars:
                 if (point[0] == LOSS or point[0].startswith(_LOSS_SERIES)) and not math.isfinite(point[2]):
                     loss_step = point[1] if loss_step is None else min(loss_step, point[1])
+        columns = batch.columns
+        if columns is not None and len(columns) and not np.isfinite(columns.values).all():
+            bad = ~np.isfinite(columns.values)
+            for key in np.unique(columns.keys[bad]).tolist():
+                name = columns.names[key]
+                if name == LOSS or name.startswith(_LOSS_SERIES):
+                    step = int(columns.steps[bad & (columns.keys == key)].min())
+                    loss_step = step if loss_step is None else min(loss_step, step)
         grad = None
         for probe in batch.probes:
             if probe.kind != PROBE or len(probe.values) != 2:

@@ -418,6 +418,8 @@ class Run:
                 hook(batch)
             except Exception as exc:  # noqa: BLE001
                 self.pipeline.writer_error("prepare hook", exc)
+        if batch.columns is not None and len(batch.columns):
+            self._last_values.update(batch.columns.last_values())
         scalars = batch.scalars
         self._last_values.update(zip(map(_NAME, scalars), map(_VALUE, scalars)))  # C-level, no loop
         if batch.media:

@@ -21,21 +21,19 @@ for the copy and builds the plain host `Batch` the sinks receive.
 """
 from __future__ import annotations
 
-import operator
 import threading
 import time
-from itertools import repeat
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from autolog.core.process import deferred_signals  # a leaf module: imports nothing of autolog
 from autolog.metrics import SAMPLES_PER_SEC, STEP_TIME
-from autolog.pipeline.records import SAME, Batch, HistogramRecord, MediaRecord, Probe
+from autolog.pipeline.records import SAME, Batch, HistogramRecord, MediaRecord, Probe, ScalarColumns
 
 Number = (int, float)
-_LOSS_NAME = operator.attrgetter("loss")
-_STEP = operator.itemgetter(1)
+_CPU = torch.device("cpu")
 POINT_BYTES = 120  # host memory of one pending scalar point (tuple, name ref, floats), estimated
 
 
@@ -232,6 +230,7 @@ class Staged:
         self.media, self.config, self.prog_bar, self.step = media, config, prog_bar, step
         self.rows, self.previous_clock = rows, previous_clock
         self.clock_offset = time.time() - time.perf_counter()  # a row's clock + this = its wall time
+        self.columns: ScalarColumns | None = None  # the rows, expanded on the writer (`resolve`)
         self.n_bar = n_bar  # the last `n_bar` scalars are for the console bar only
         self.scalars, self.vectors, self.hists = scalars, vectors, hists
         self.probes, self.timing = list(probes), list(timing)
@@ -272,11 +271,23 @@ class Staged:
         # tensor: the losses are stacked by one op into one slot. Otherwise each row's tensors
         # (loss, clip norm, tensor hyperparameters) get slots of their own.
         self.loss_slot: Any = None
+        self.cpu_losses: tuple | None = None  # host tensors: read on the writer thread
         row_slots: list[Any] = []
-        stacked = _stacked_losses(rows) if rows else None
-        if stacked is not None:
-            self.loss_slot = slot(stacked)
-            rows = ()
+        losses = _loss_column(rows) if rows else None
+        if losses is not None:
+            devices = {t.device for t in losses}
+            if devices == {_CPU}:
+                self.cpu_losses = losses
+                rows = ()
+            elif len(devices) == 1:
+                try:
+                    with torch.no_grad():
+                        stacked = torch.stack(losses).reshape(-1)  # one op; raises on shapes that differ
+                except (RuntimeError, TypeError, ValueError):
+                    stacked = None
+                if stacked is not None and stacked.numel() == len(losses):
+                    self.loss_slot = slot(stacked)
+                    rows = ()
         add = row_slots.append
         for row in rows:
             loss, clip, hp = row[3], row[4], row[5]
@@ -349,7 +360,7 @@ class Staged:
             if vals is not None and None not in vals:
                 probes.append(Probe(kind, key, int(step), [float(v) for v in vals]))
         self.copies = {}
-        return Batch(scalars=points, histograms=histograms, media=list(self.media),
+        return Batch(scalars=points, columns=self.columns, histograms=histograms, media=list(self.media),
                      config=self.config, step=self.step, prog_bar=self.prog_bar,
                      probes=probes, timing=timing, dropped_values=dropped, bar=bar)
 
@@ -363,18 +374,19 @@ class Staged:
         previous = self.previous_clock
         last_hp: dict[Any, list[tuple[str, Any]]] = {}
         losses = None
-        if self.loss_slot is not None:
+        if self.cpu_losses is not None:
+            losses = _host_values(self.cpu_losses)
+        elif self.loss_slot is not None:
             dev, start, n = self.loss_slot
             losses = host[dev][start:start + n]
-            if None not in losses:
-                try:
-                    points, _last = _columns_to_points(self.rows, losses, offset, previous)
-                except (TypeError, ValueError, OverflowError):
-                    pass  # an odd hyperparameter: the general path below counts what it drops
-                else:
-                    for point in points:
-                        append(point)
-                    return 0
+        if losses is not None and None not in losses:
+            try:
+                self.columns, events = _rows_to_columns(self.rows, losses, offset, previous)
+            except (TypeError, ValueError, OverflowError):
+                pass  # an odd hyperparameter: the general path below counts what it drops
+            else:
+                timing.extend(events)
+                return 0
         for i, (row, slots) in enumerate(zip(self.rows, self.row_slots)):
             names, step, clock, loss, clip, hp, samples, event = row
             wall = clock + offset
@@ -430,17 +442,57 @@ class Staged:
         return [s for s in slots if s[0] == dev]
 
 
-def _columns_to_points(rows: list[tuple], losses: list[float], offset: float, previous: Any
-                       ) -> tuple[list[tuple[str, int, float, float]], Any]:
-    """Step rows (no clip norm, no CUDA event, no tensor besides the losses, read back as
-    `losses`) as points, built column by column (C-level zips, no Python work per point), in
-    step order; and the clock of the last run step. Raises TypeError/ValueError/OverflowError
-    for a value that is not a number (the caller then takes the general path)."""
+def _loss_column(rows: list[tuple]) -> tuple | None:
+    """The rows' losses when every one is a tensor and nothing else in the rows is a tensor (no
+    clip norm, no tensor hyperparameter): the usual rows, whose losses travel as one column;
+    else None (each row's tensors then get slots of their own)."""
+    columns = list(zip(*rows))
+    losses, clips, hps = columns[3], columns[4], columns[5]
+    if set(map(type, losses)) != {torch.Tensor} or set(map(type, clips)) != {type(None)}:
+        return None
+    for hp in hps:
+        if type(hp) is list and any(isinstance(v, torch.Tensor) for _n, v in hp):
+            return None
+    return losses
+
+
+def _host_values(losses: tuple) -> list[Any]:
+    """The values of host tensors (the writer thread reads them: nothing to copy, no sync); None
+    for one that is not a number."""
+    try:
+        with torch.no_grad():
+            stacked = torch.stack(losses).reshape(-1)
+        if stacked.numel() == len(losses):
+            return stacked.to(torch.float64).tolist()
+    except (RuntimeError, TypeError, ValueError):
+        pass
+    out: list[Any] = []
+    for t in losses:
+        try:
+            out.append(float(t))
+        except (RuntimeError, TypeError, ValueError, OverflowError):
+            out.append(None)
+    return out
+
+
+def _rows_to_columns(rows: list[tuple], losses: list[float], offset: float, previous: Any
+                     ) -> tuple[ScalarColumns, list[tuple]]:
+    """Step rows (no clip norm, no tensor besides the losses, read back as `losses`) as
+    columns, built with numpy (no Python object per point), in step order; and the CUDA timing
+    entries of rows with events. Raises TypeError/ValueError/OverflowError for a hyperparameter
+    that is not a number (the caller then takes the general path)."""
     names_c, steps_c, clocks_c, _l, _c, hps_c, samples_c, events_c = zip(*rows)
-    if any(e is not None for e in events_c):
-        raise TypeError("CUDA timing events: the general path")
-    walls = [clock + offset for clock in clocks_c]
-    points = list(zip(map(_LOSS_NAME, names_c), steps_c, map(float, losses), walls))
+    n = len(rows)
+    index: dict[str, int] = {}
+    steps = np.array(steps_c, dtype=np.int64)
+    walls = np.array(clocks_c, dtype=np.float64) + offset
+    owners = list(dict.fromkeys(names_c))  # the StepNames of the rows' optimizers
+    if len(owners) == 1:
+        loss_keys = np.full(n, index.setdefault(owners[0].loss, 0), dtype=np.uint32)
+    else:
+        own = {o: index.setdefault(o.loss, len(index)) for o in owners}
+        loss_keys = np.fromiter(map(own.__getitem__, names_c), dtype=np.uint32, count=n)
+    parts = [(loss_keys, steps, np.array(losses, dtype=np.float64), walls)]
     runs: list[tuple[list, list[int]]] = []  # (hyperparameters, the rows they hold for)
     current: dict[Any, tuple[list, list[int]]] = {}
     for i, hp in enumerate(hps_c):
@@ -454,41 +506,35 @@ def _columns_to_points(rows: list[tuple], losses: list[float], offset: float, pr
         entry = current[names_c[i]] = (hp, [i])
         runs.append(entry)
     for hp, rows_of in runs:
-        steps, run_walls = [steps_c[i] for i in rows_of], [walls[i] for i in rows_of]
+        at = np.array(rows_of)
+        m = len(rows_of)
         for name, value in hp:
-            points.extend(zip(repeat(name), steps, repeat(float(value)), run_walls))
+            parts.append((np.full(m, index.setdefault(name, len(index)), dtype=np.uint32), steps[at],
+                          np.full(m, float(value)), walls[at]))
+    events: list[tuple] = []
     timed = [i for i, samples in enumerate(samples_c) if samples is not None]
     if timed:
-        clocks = [previous if isinstance(previous, float) else None] + [clocks_c[i] for i in timed]
-        for (i, before, clock) in zip(timed, clocks, clocks[1:]):
-            if before is None:
-                continue
-            seconds = clock - before
-            points.append((STEP_TIME, steps_c[i], seconds, walls[i]))
-            if samples_c[i] and seconds > 0:
-                points.append((SAMPLES_PER_SEC, steps_c[i], samples_c[i] / seconds, walls[i]))
-        previous = clocks[-1]
-    points.sort(key=_STEP)  # stable: per step, loss, hyperparameters, timing, as rows give them
-    return points, previous
-
-
-def _stacked_losses(rows: list[tuple]) -> torch.Tensor | None:
-    """The rows' losses as one 1-D tensor (one op, on their device) when every loss is a
-    one-element tensor, all on one device, and nothing else in the rows is a tensor (no clip
-    norm, no tensor hyperparameter); else None."""
-    columns = list(zip(*rows))
-    losses, clips, hps = columns[3], columns[4], columns[5]
-    if set(map(type, losses)) != {torch.Tensor} or set(map(type, clips)) != {type(None)}:
-        return None
-    for hp in hps:
-        if type(hp) is list and any(isinstance(v, torch.Tensor) for _n, v in hp):
-            return None
-    try:
-        with torch.no_grad():
-            stacked = torch.stack(losses).reshape(-1)  # raises on devices or shapes that differ
-    except (RuntimeError, TypeError, ValueError):
-        return None
-    return stacked if stacked.numel() == len(losses) else None
+        if any(events_c[i] is not None for i in timed):
+            for i in timed:  # CUDA: the writer-side timer reads the events (`Batch.timing`)
+                if previous is not None and not isinstance(previous, float):
+                    events.append((steps_c[i], previous, events_c[i], samples_c[i], float(walls[i])))
+                previous = events_c[i]
+        else:
+            at = np.array(timed)
+            clocks = np.array([clocks_c[i] for i in timed], dtype=np.float64)
+            before = np.concatenate(([previous if isinstance(previous, float) else np.nan], clocks[:-1]))
+            seconds = clocks - before
+            has = ~np.isnan(seconds)
+            parts.append((np.full(int(has.sum()), index.setdefault(STEP_TIME, len(index)), dtype=np.uint32),
+                          steps[at][has], seconds[has], walls[at][has]))
+            samples = np.array([samples_c[i] for i in timed], dtype=np.float64)
+            rate = has & (samples > 0) & (seconds > 0)
+            if rate.any():
+                parts.append((np.full(int(rate.sum()), index.setdefault(SAMPLES_PER_SEC, len(index)), dtype=np.uint32),
+                              steps[at][rate], samples[rate] / seconds[rate], walls[at][rate]))
+    keys, steps_all, values, walls_all = (np.concatenate([p[i] for p in parts]) for i in range(4))
+    order = np.argsort(steps_all, kind="stable")  # per step: loss, hyperparameters, timing
+    return ScalarColumns(list(index), keys[order], steps_all[order], values[order], walls_all[order]), events
 
 
 def _histogram(name: str, step: int, counts: Any, low: Any, high: Any, low_dev: bool,

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
+
 # (name, step, value, wall_time) -- a tuple, not an object, so that a million points stay cheap.
 ScalarPoint = tuple[str, int, float, float]
 
@@ -90,6 +92,34 @@ class Probe:
 
 
 @dataclasses.dataclass
+class ScalarColumns:
+    """Scalar points as columns (numpy, no Python object per point): point i is
+    ``(names[keys[i]], steps[i], values[i], walls[i])``. The writer expands the training
+    thread's step rows into this form; `Batch.materialize` turns it into `ScalarPoint` tuples
+    for the sinks."""
+
+    names: list[str]
+    keys: np.ndarray  # uint32, indices into `names`
+    steps: np.ndarray  # int64
+    values: np.ndarray  # float64
+    walls: np.ndarray  # float64
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def points(self) -> list[ScalarPoint]:
+        names = self.names
+        return list(zip([names[k] for k in self.keys.tolist()], self.steps.tolist(), self.values.tolist(),
+                        self.walls.tolist()))
+
+    def last_values(self) -> dict[str, float]:
+        """The last value of each name (in point order)."""
+        keys = self.keys[::-1]
+        distinct, first = np.unique(keys, return_index=True)
+        return dict(zip([self.names[k] for k in distinct.tolist()], self.values[::-1][first].tolist()))
+
+
+@dataclasses.dataclass
 class Batch:
     """One hand-off from the training thread: everything captured since the previous one.
 
@@ -113,9 +143,20 @@ class Batch:
     probes: list[Probe] = dataclasses.field(default_factory=list)
     timing: list[Any] = dataclasses.field(default_factory=list)  # (step, start, end, samples, wall)
     dropped_values: int = 0  # values that could not be converted (each costs only itself)
+    # more scalar points, as columns: the step rows, expanded on the writer thread. Only the
+    # writer sees them: it gives `materialize`d batches to the sinks.
+    columns: ScalarColumns | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.scalars or self.histograms or self.media or self.config)
+        return bool(self.scalars or self.histograms or self.media or self.config or self.columns)
+
+    def materialize(self) -> "Batch":
+        """`columns` moved into `scalars` as points (before the others: the step rows come
+        first), so that `scalars` holds every point."""
+        if self.columns is not None:
+            self.scalars = self.columns.points() + list(self.scalars)
+            self.columns = None
+        return self
 
     def public(self) -> "Batch":
         """This batch with its control fields emptied (what the log and the sinks get)."""

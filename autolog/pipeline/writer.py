@@ -162,6 +162,8 @@ class Pipeline:
         end = self._append(batch)
         if end is not None:
             self.log_end = end
+        if self.followers:
+            batch.materialize()  # the sinks get points; the log took the columns as they are
         for follower in self.followers:
             follower.offer(batch, start, self.log_end)
 

@@ -49,22 +49,29 @@ def encode_frame(seq: int, payload: bytes) -> bytes:
 
 def encode_batch(scalars: list[tuple[str, int, float, float]], histograms: list[Any],
                  media: list[dict[str, Any]], step: int = 0, prog_bar: tuple[str, ...] = (),
-                 config: dict[str, Any] | None = None) -> bytes:
+                 config: dict[str, Any] | None = None, columns: Any = None) -> bytes:
     """The payload of one batch (kind ``B``); empty when there is nothing to store. Raises
     ValueError, TypeError or OverflowError for anything the reader would not take back (a
-    step beyond int64, a name that is not a string, ...), so every record written reads back."""
-    if not (scalars or histograms or media or config):
+    step beyond int64, a name that is not a string, ...), so every record written reads back.
+
+    `columns`: more scalar points as `autolog.pipeline.records.ScalarColumns`, stored before
+    `scalars` (the same record as if they were tuples, without a Python object per point)."""
+    if not (scalars or histograms or media or config or (columns is not None and len(columns))):
         return b""
     header: dict[str, Any] = {"step": _in_range(step, "step")}
     arrays: list[Any] = []  # bytes-like: numpy arrays go into the join as they are
+    parts = [_scalar_columns(columns)] if columns is not None and len(columns) else []
     if scalars:
         names, steps, values, walls = zip(*scalars)  # the one per-point pass in Python; the rest is numpy
         index, keys = _name_keys(names)
+        parts.append((index, keys, _column(steps, "iu", "<i8", "steps"), _column(values, "fiub", "<f8", "values"),
+                      _column(walls, "fiub", "<f8", "wall times")))
+    if parts:
+        index, keys, steps, values, walls = parts[0] if len(parts) == 1 else _joined(parts)
         if not all(type(n) is str for n in index):
             raise TypeError("scalar names must be strings")
-        header["keys"], header["n"] = index, len(scalars)
-        arrays += [keys, _column(steps, "iu", "<i8", "steps"), _column(values, "fiub", "<f8", "values"),
-                   _column(walls, "fiub", "<f8", "wall times")]
+        header["keys"], header["n"] = index, len(keys)
+        arrays += [keys.astype("<u4", copy=False), steps, values, walls]
     if histograms:
         header["hist"] = [{"name": _text(h.name, "histogram name"), "step": _in_range(h.step, "histogram step"),
                            "wall": float(h.wall_time), "bins": len(h.counts)} for h in histograms]
@@ -88,6 +95,28 @@ def encode_batch(scalars: list[tuple[str, int, float, float]], histograms: list[
         header["config"] = config
     head = json.dumps(header, separators=(",", ":"), default=json_default).encode()
     return b"".join([b"B", _U32.pack(len(head)), head] + arrays)  # numpy arrays join without a copy of their own
+
+
+def _scalar_columns(columns: Any) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`ScalarColumns` as the codec's (names, keys, steps, values, wall times), checked."""
+    n = len(columns.keys)
+    steps = np.ascontiguousarray(columns.steps, dtype="<i8")
+    values = np.ascontiguousarray(columns.values, dtype="<f8")
+    walls = np.ascontiguousarray(columns.walls, dtype="<f8")
+    keys = np.ascontiguousarray(columns.keys, dtype="<u4")
+    if not (len(steps) == len(values) == len(walls) == n) or (n and int(keys.max()) >= len(columns.names)):
+        raise ValueError("scalar columns: expected one key, step, value and wall time per point")
+    return list(columns.names), keys, steps, values, walls
+
+
+def _joined(parts: list[tuple]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Several (names, keys, steps, values, walls) as one, names merged in order of appearance."""
+    index: dict[str, int] = {}
+    keys = []
+    for names, part_keys, *_rest in parts:
+        remap = np.fromiter((index.setdefault(name, len(index)) for name in names), dtype="<u4", count=len(names))
+        keys.append(remap[part_keys] if len(part_keys) else part_keys.astype("<u4"))
+    return (list(index), np.concatenate(keys), *(np.concatenate([p[i] for p in parts]) for i in (2, 3, 4)))
 
 
 def _name_keys(names: tuple) -> tuple[list[str], np.ndarray]:

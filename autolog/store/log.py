@@ -25,7 +25,7 @@ def _media_index(batch: Batch) -> list[dict[str, Any]]:
 def encode(batch: Batch) -> bytes:
     """The payload of `batch` (empty when it holds nothing the log keeps)."""
     return fmt.encode_batch(batch.scalars, batch.histograms, _media_index(batch), batch.step,
-                            batch.prog_bar, batch.config)
+                            batch.prog_bar, batch.config, batch.columns)
 
 
 def _encodes(batch: Batch) -> bool:
@@ -48,6 +48,7 @@ def keep_storable(batch: Batch) -> int:
     """Remove from `batch` the values the codec refuses (a step beyond int64, a name that is not
     a string, an unserialisable config, ...), each tried alone; returns how many: one bad value
     costs only itself."""
+    batch.materialize()  # each point tried alone
     before = len(batch.scalars) + len(batch.histograms) + len(batch.media) + (batch.config is not None)
     batch.scalars = [p for p in batch.scalars if _plain_point(p) or _encodes(Batch(scalars=[p]))]
     batch.histograms = [h for h in batch.histograms if _encodes(Batch(histograms=[h]))]
