@@ -86,10 +86,11 @@ def test_the_nan_check_is_one_fused_norm_per_step(tmp_path):
         watched = _ops(lambda: _train(model, opt, data[2:]))
     plain = _ops(lambda: _train(model, opt, data[2:]))
     extra = {k: v - plain.get(k, 0) for k, v in watched.items() if v != plain.get(k, 0)}
-    # four steps: one _foreach_norm and one stack each; nothing folded, compared or read back
+    # four steps: one _foreach_norm each (its norms are stacked at the hand-off); nothing stacked,
+    # folded, compared or read back per step
     assert extra.get("aten::_foreach_norm") == 4
-    assert extra.get("aten::stack") == 4
-    for name in ("aten::isfinite", "aten::where", "aten::item", "aten::_local_scalar_dense", "aten::copy_"):
+    for name in ("aten::stack", "aten::isfinite", "aten::where", "aten::item", "aten::_local_scalar_dense",
+                 "aten::copy_"):
         assert name not in extra, extra
 
 

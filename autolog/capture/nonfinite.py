@@ -67,12 +67,13 @@ class NonFiniteMonitor:
         self.raises = value == "raise"
 
     # -- training thread, every step ---------------------------------------------------------
-    def check_gradients(self, names: tuple[str, ...], norms: torch.Tensor, step: int) -> None:
-        """Keep one step's gradient norms (1-D, one device) of these parameters for the next
-        `fold`: no kernel, no value read."""
-        pending = self._pending.get((norms.device, names))
+    def check_gradients(self, names: tuple[str, ...], norms: Any, step: int) -> None:
+        """Keep one step's gradient norms of these parameters (one device: a 1-D tensor, or a
+        sequence of 0-d tensors) for the next `fold`: no kernel, no value read."""
+        device = norms.device if isinstance(norms, torch.Tensor) else norms[0].device
+        pending = self._pending.get((device, names))
         if pending is None:
-            pending = self._pending[(norms.device, names)] = ([], [])
+            pending = self._pending[(device, names)] = ([], [])
         pending[0].append(step)
         pending[1].append(norms)
 
@@ -90,13 +91,20 @@ class NonFiniteMonitor:
                     if offset is None:
                         offset = self._offsets[names] = len(self.names)
                         self.names.extend(names)
-                    first = torch.full(norms[0].shape, -1, dtype=torch.int64, device=device)
+                    first = torch.full((len(names),), -1, dtype=torch.int64, device=device)
                 else:
                     offset, first = group
                 at = torch.tensor(steps, dtype=torch.int64)
                 if device.type != "cpu":
                     at = at.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else at.to(device)
-                bad = ~torch.isfinite(torch.stack(norms))  # steps x parameters
+                if all(isinstance(n, torch.Tensor) for n in norms):
+                    matrix = torch.stack(norms)  # steps x parameters
+                else:  # steps' 0-d norms (few parameters): every one stacked by one op
+                    flat: list[torch.Tensor] = []
+                    for n in norms:
+                        flat.extend(n.unbind() if isinstance(n, torch.Tensor) else n)
+                    matrix = torch.stack(flat).reshape(len(steps), -1)
+                bad = ~torch.isfinite(matrix)
                 earliest = torch.where(bad, at.unsqueeze(1), _NEVER).amin(0)
                 first = torch.where((first >= 0) | (earliest == _NEVER), first, earliest)
                 self._groups[key] = (offset, first)

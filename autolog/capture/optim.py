@@ -103,7 +103,7 @@ class OptimizerState:
         self.rename(name)
         self.hparam_step: int | None = None  # the run step its hyperparameters were last recorded at
         self._signature: tuple[int, ...] | None = None
-        self._ids: frozenset[int] = frozenset()
+        self.ids: frozenset[int] = frozenset()  # of its parameters, as of its last `param_ids`
         self.device: torch.device | None = None
         self.param_groups = len(optimizer.param_groups)
 
@@ -162,10 +162,10 @@ class OptimizerState:
         if signature != self._signature:
             self._signature = signature
             self.param_groups = len(groups)
-            self._ids = frozenset(id(p) for g in groups for p in g["params"])
+            self.ids = frozenset(id(p) for g in groups for p in g["params"])
             first = next((p for g in groups for p in g["params"]), None)
             self.device = first.device if first is not None else None
-        return self._ids
+        return self.ids
 
     def hparams(self, optimizer: torch.optim.Optimizer) -> list[tuple[str, Any]]:
         """(name, value) of every recorded hyperparameter of every param group."""

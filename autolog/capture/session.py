@@ -384,7 +384,7 @@ class Capture:
             watched.backward_step(self._stepless, ids, step)
 
     def _watch_post(self, state: OptimizerState, optimizer: Any) -> None:
-        ids = state.param_ids(optimizer)
+        ids = state.ids  # as `_watch_pre` found them before this step
         for watched in self.watched.values():
             if not self.follower or watched.sharded is not None:
                 watched.post_step(state, ids)

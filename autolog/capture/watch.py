@@ -24,6 +24,7 @@ from autolog.capture.nonfinite import POLICIES
 from autolog.capture.timing import SampleCounter, batch_size  # noqa: F401 -- batch_size: re-exported
 
 LOGS = ("gradients", "parameters", "all", None)
+_STACK_LATER = 64  # up to this many parameters, a step's gradient norms are stacked at the hand-off
 
 # watch() called outside a run: attached to the next run that starts (then forgotten).
 _pending: list[tuple[weakref.ref, dict[str, Any]]] = []
@@ -184,8 +185,13 @@ class Watched:
     # -- forward -------------------------------------------------------------------------------
     def forward_pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         """The model's forward pre-hook (held weakly by `autolog.capture.hooks.ModuleHook`)."""
-        if not torch.compiler.is_compiling():
-            self.capture.guard.call("watch", self.on_forward, args, kwargs)
+        guard = self.capture.guard
+        if "watch" in guard.off or torch.compiler.is_compiling():
+            return None
+        try:  # (`Guard.call`, inlined: this runs at every forward)
+            self.on_forward(args, kwargs)
+        except Exception as exc:  # noqa: BLE001 -- instrumentation must never break training
+            guard.fail("watch", exc)
         return None
 
     def on_forward(self, args: tuple, kwargs: dict) -> None:
@@ -289,7 +295,7 @@ class Watched:
         want_grads = stats_step and self.log in ("gradients", "all")
         if not (want_grads or monitor.active):
             return
-        groups = self._fast_norms(model, opt, ids)  # one fused norm of every gradient
+        groups = self._fast_norms(model, opt, ids, stack=want_grads)  # one fused norm of every gradient
         if groups is None:
             grads = [(n, p.grad) for n, p in self._subset(model, opt, ids, refresh=False)
                      if p.requires_grad and p.grad is not None and p.grad.layout == torch.strided]
@@ -314,8 +320,8 @@ class Watched:
                 for n, g in zip(names, tensors):
                     self._histogram(buffer, f"gradients/{self.prefix}{n}", step, g, wall)
 
-    def _fast_norms(self, model: torch.nn.Module, opt: Any, ids: frozenset[int]
-                    ) -> list[tuple[tuple[str, ...], torch.Tensor, list[torch.Tensor]]] | None:
+    def _fast_norms(self, model: torch.nn.Module, opt: Any, ids: frozenset[int], stack: bool
+                    ) -> list[tuple[tuple[str, ...], Any, list[torch.Tensor]]] | None:
         """The gradient norms of the parameters `opt` updates, as one group, when they all have a
         dense gradient on one device (the usual case): one list of ``.grad`` and one fused
         kernel per step, no per-parameter Python beyond that. None: take the general path."""
@@ -328,11 +334,16 @@ class Watched:
         names, params, dtype = plan[1]
         grads = [p.grad for p in params]
         try:
-            with torch.no_grad():
-                norms = torch.stack(torch._foreach_norm(grads, 2, dtype=dtype))
-        except (TypeError, RuntimeError):  # a missing or odd gradient this step
+            if grads[0].requires_grad:  # gradients with a graph (create_graph=True): none here
+                with torch.no_grad():
+                    norms = torch._foreach_norm(grads, 2, dtype=dtype)
+            else:
+                norms = torch._foreach_norm(grads, 2, dtype=dtype)
+        except (TypeError, RuntimeError, AttributeError):  # a missing or odd gradient this step
             return None
-        return [(names, norms, grads)]
+        # One 1-D tensor per step, except for few parameters when only the NaN/Inf check needs
+        # them: their 0-d norms are kept as they are and stacked all at once at the hand-off.
+        return [(names, norms if len(norms) <= _STACK_LATER and not stack else torch.stack(norms), grads)]
 
     @staticmethod
     def _plan(subset: list[tuple[str, torch.nn.Parameter]]) -> tuple[tuple[str, ...], list, torch.dtype] | None:
