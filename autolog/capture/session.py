@@ -212,10 +212,10 @@ class Capture:
         state = self._optimizer(optimizer)
         self.stepless = False
         self.closure = None
-        if self.watched and (not self.follower or self.sharded.enabled):
-            self.guard.call("watch", self._watch_pre, state, optimizer)
         # torch's hooks get the step's (self, *args), kwargs and may return new ones
         closure = args[1] if len(args) > 1 else kwargs.get("closure")
+        if self.watched and (not self.follower or self.sharded.enabled):
+            self.guard.call("watch", self._watch_pre, state, optimizer, callable(closure))
         if callable(closure) and self.losses and "loss" not in self.guard.off:
             first = self.closure = FirstCall(closure)
             if len(args) > 1:
@@ -223,13 +223,13 @@ class Capture:
             return args, {**kwargs, "closure": first}
         return None
 
-    def _watch_pre(self, state: OptimizerState, optimizer: Any) -> None:
+    def _watch_pre(self, state: OptimizerState, optimizer: Any, closure: bool = False) -> None:
         ids = state.param_ids(optimizer)
         step = self.run.step
         for key, watched in list(self.watched.items()):
             if self.follower and watched.sharded is None:
                 continue  # a rank > 0 takes part in sharded models' statistics only
-            if not watched.pre_step(state, ids, step):
+            if not watched.pre_step(state, ids, step, closure):
                 watched.remove()
                 del self.watched[key]
 

@@ -139,7 +139,7 @@ class Watched:
         self.last_stats: dict[int, int] = {}  # optimizer index -> run step of the last statistics
         self.total_optimizer: int | None = None  # whose total is "grad_norm/total"
         self._updates: dict[int, list[tuple[tuple[str, ...], list, list, torch.Tensor, int]]] = {}
-        self._steps: dict[int, tuple[int, bool]] = {}  # optimizer index -> (run step, statistics?) of its step
+        self._steps: dict[int, tuple[int, bool, bool]] = {}  # optimizer index -> (run step, statistics?, checked?) of its step
         self._module = weakref.ref(model)  # what the hook is registered on (maybe a wrapper)
         # DTensor parameters: every rank takes local partials, reduced at the hand-offs
         self.sharded = capture.sharded if sharded.is_sharded(inner) else None
@@ -244,17 +244,31 @@ class Watched:
             named = self._names[key] = tuple(f"{kind}{self.prefix}{n}" for n in names)
         return named
 
-    def pre_step(self, opt: Any, ids: frozenset[int], step: int) -> bool:
+    def pre_step(self, opt: Any, ids: frozenset[int], step: int, closure: bool = False) -> bool:
         """Before a step of optimizer `opt` (an OptimizerState): the weights it will update
-        (norms, histograms, a copy for the update ratio). False when the model is gone."""
+        (norms, histograms, a copy for the update ratio). False when the model is gone.
+
+        Between statistics steps, a step without a closure has its gradients checked for NaN/Inf
+        here, before the optimizer runs: they are the gradients it will use (optimizers never
+        change ``.grad`` in place), and backward has just written them, so the fused norm reads
+        them from the cache instead of after the optimizer's own pass over its state."""
         model = self.ref()
         if model is None:
             return False
         self.keep_hook_eager()
         stats_step = step % self.every == 0 and self.last_stats.get(opt.index) != step
-        self._steps[opt.index] = (step, stats_step)
         if not stats_step:
+            checked = False
+            monitor = self.capture.monitor
+            if monitor.active and not closure and self.sharded is None:
+                groups = self._fast_norms(model, opt, ids, stack=False)
+                if groups is not None:
+                    for names, norms, _tensors in groups:
+                        monitor.check_gradients(self._named("", names), norms, step)
+                    checked = True
+            self._steps[opt.index] = (step, False, checked)
             return True
+        self._steps[opt.index] = (step, True, False)
         self.last_stats[opt.index] = step
         subset = self._subset(model, opt, ids, refresh=True)
         trainable = [(n, p.detach()) for n, p in subset if p.requires_grad]
@@ -279,9 +293,9 @@ class Watched:
     def post_step(self, opt: Any, ids: frozenset[int]) -> None:
         """After a step of `opt`: the gradients it used (norms, histograms, the NaN/Inf check;
         read after the step so that a closure's backward is included) and the update ratios."""
-        step, stats_step = self._steps.pop(opt.index, (None, False))
+        step, stats_step, checked = self._steps.pop(opt.index, (None, False, False))
         model = self.ref()
-        if step is None or model is None:
+        if step is None or model is None or checked:
             return
         if self.sharded is not None:
             self._sharded_post(opt, ids, step, stats_step, model)
