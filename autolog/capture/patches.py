@@ -34,6 +34,7 @@ _scaled: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
 
 
 session = _state.capture  # the capture of the open run, or None (no run, disabled, capture off)
+_ACTIVE = _state.active  # the open-run stack itself (never replaced, only changed in place)
 
 
 # -- wrappers ------------------------------------------------------------------------------------
@@ -54,7 +55,7 @@ def _loss_of(args: tuple, kwargs: dict) -> Any:
 def _autograd_backward(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
     # One frame of autolog in the traceback of an exception raised in a backward (the README's
     # "Fidelity"): the call through and the observation are inlined here, not in helpers.
-    capture = session()
+    capture = _ACTIVE[-1].capture if _ACTIVE else None  # `session()`, inlined
     if capture is None or _inside.get():
         return wrapped(*args, **kwargs)
     token = _inside.set(True)  # a backward called from inside this one is not a training loss
@@ -62,7 +63,7 @@ def _autograd_backward(wrapped: Callable, instance: Any, args: tuple, kwargs: di
         result = wrapped(*args, **kwargs)
     finally:
         _inside.reset(token)
-    if "loss" not in capture.guard.off:
+    if capture.backward_on:
         try:
             PATCHES.keep_up()
             # Tensor.backward's call, (loss, None, None, False, inputs=...), read without a call

@@ -15,9 +15,11 @@ from autolog.core.validate import clean_text, safe_str
 class Guard:
     """Per-run kill switches, one per feature name."""
 
-    def __init__(self, meta: dict[str, Any] | None = None) -> None:
+    def __init__(self, meta: dict[str, Any] | None = None,
+                 on_fail: Callable[[str], None] | None = None) -> None:
         self.off: set[str] = set()
         self.meta = meta  # the run's meta: failures are recorded under "capture_errors"
+        self.on_fail = on_fail  # told the name of a feature that just turned off
 
     def call(self, feature: str, fn: Callable[..., Any], *args: Any) -> Any:
         """`fn(*args)`, or None when the feature is off or `fn` raises (which turns it off)."""
@@ -40,3 +42,5 @@ class Guard:
             self.meta.setdefault("capture_errors", {})[feature] = detail
         print(f"autolog: automatic capture of {feature} failed and is off for this run; "
               f"training goes on. {detail}", file=sys.stderr)
+        if self.on_fail is not None:
+            self.on_fail(feature)

@@ -98,7 +98,9 @@ class Capture:
         self.losses = "loss" in names
         self.hparams = "optimizer" in names
         self.timing = "timing" in names
-        self.guard = Guard(run.meta)
+        self.guard = Guard(run.meta, on_fail=self._feature_off)
+        self.backward_on = True  # the backward wrapper calls `on_backward` (until "loss" fails)
+        self.plain = False  # `_is_plain`, as of the last step that took the general path
         self.objective = Objective()  # backward calls since the previous optimizer step
         self.clip_norm: Any = None  # the first clip_grad_norm_ total norm since then
         self.closure: FirstCall | None = None  # the closure of the optimizer step in progress
@@ -128,8 +130,8 @@ class Capture:
     # -- backward and loss ---------------------------------------------------------------------
     def on_backward(self, tensor: torch.Tensor) -> None:
         """A scalar backward() with the implicit gradient of one ran on `tensor`."""
-        if tensor.numel() != 1 or not tensor.is_floating_point():  # `is_loss`, inlined
-            return
+        # (No check that `tensor` is a real floating scalar: a backward with the implicit gradient
+        # that returned at all was called on one.)
         if type(tensor) is not torch.Tensor and type(tensor) is not torch.nn.Parameter:
             tensor = _full(tensor)  # a DTensor loss (tensor parallel): its full value
         closure = self.closure
@@ -139,7 +141,7 @@ class Capture:
             return  # a later call of the closure (a line search): no step's loss
         if self.losses:
             objective = self.objective
-            if objective.sum is None and not tensor.dim():  # the step's first loss: kept as it is
+            if objective.sum is None:  # the step's first loss: kept as it is
                 objective.sum = tensor.detach()  # (`Objective.add`'s first case, inlined)
             else:
                 objective.add(tensor)
@@ -209,14 +211,16 @@ class Capture:
             state.rename(name)
 
     def on_pre_step(self, optimizer: Any, args: tuple, kwargs: dict) -> Any:
-        state = self._optimizer(optimizer)
+        state = self.optimizers.get(id(optimizer))
+        if state is None or state.ref() is not optimizer:
+            state = self._optimizer(optimizer)
         self.stepless = False
         self.closure = None
         # torch's hooks get the step's (self, *args), kwargs and may return new ones
-        closure = args[1] if len(args) > 1 else kwargs.get("closure")
+        closure = args[1] if len(args) > 1 else kwargs.get("closure") if kwargs else None
         if self.watched and (not self.follower or self.sharded.enabled):
             self.guard.call("watch", self._watch_pre, state, optimizer, callable(closure))
-        if callable(closure) and self.losses and "loss" not in self.guard.off:
+        if callable(closure) and self.losses:
             first = self.closure = FirstCall(closure)
             if len(args) > 1:
                 return (args[0], first, *args[2:]), kwargs
@@ -247,6 +251,10 @@ class Capture:
         changed, clock, samples) appended to the run's buffer in one go, the watched models'
         statistics, then the run's step advances (after the primary optimizer's step)."""
         state = self.optimizers.get(id(optimizer))
+        if state is not None and state is self.primary and self.plain and self.closure is None \
+                and state.ref() is optimizer:
+            self._plain_step(state, optimizer)
+            return
         if state is None or state.ref() is not optimizer:
             state = self._optimizer(optimizer)
         self.post_steps += 1
@@ -290,8 +298,47 @@ class Capture:
         if self.watched and (not self.follower or self.sharded.enabled):
             self.guard.call("watch", self._watch_post, state, optimizer)
         state.steps += 1
+        self.plain = self._is_plain()
         if primary:
             self._complete()
+
+    def _plain_step(self, state: OptimizerState, optimizer: Any) -> None:
+        """`on_post_step` for the usual step (see `plain`): the same row, in fewer operations."""
+        self.post_steps += 1
+        if user_warnings.deferred:
+            flush_warnings()
+        run = self.run
+        step = run.step
+        try:
+            objective = self.objective
+            loss = objective.sum
+            if loss is not None:
+                objective.sum, objective.owned = None, False  # (`Objective.take`, inlined)
+            hp = None
+            if state.hparam_step != step:
+                state.hparam_step = step
+                hp = state.step_hparams(optimizer)
+            self.buffer.rows.append((state.names, step, perf_counter(), loss, self.clip_norm, hp,
+                                     self.batch_samples, None))
+            self.clip_norm = None
+        except Exception as exc:  # noqa: BLE001 -- instrumentation must never break training
+            self._fail("loss", exc)
+        state.steps += 1
+        self.batch_samples = 0
+        if self.loaders.candidate is not None:  # the run's first step after a loader's pass
+            self.guard.call("epochs", self.loaders.on_step)
+        run.advance_step()
+
+    def _is_plain(self) -> bool:
+        """Whether steps are usual (`plain`): loss, hyperparameters and step time captured; no
+        watched model, no cross-rank reduction, on_nan not "raise", not a rank > 0, the primary
+        optimizer's parameters known and not on CUDA (no timing event). A closure is checked
+        per step. Computed after each step that took the general path; any change of these
+        sets `plain` False until then."""
+        primary = self.primary
+        return (self.losses and self.hparams and self.timing and not self.watched and not self.synced
+                and not self.follower and not self.raises and primary is not None
+                and primary.device is not None and primary.device.type != "cuda")
 
     def _samples(self) -> int:
         """Samples of the step that completes now (0: unknown), from the framework or the first
@@ -314,8 +361,12 @@ class Capture:
     def _fail(self, feature: str, exc: BaseException) -> None:
         """A piece of the step's capture failed: it is off for the rest of the run."""
         self.guard.fail(feature, exc)
+
+    def _feature_off(self, feature: str) -> None:
+        """`Guard.fail` turned `feature` off: the flags the per-step path reads follow."""
+        self.plain = False
         if feature == "loss":
-            self.losses = False
+            self.losses = self.backward_on = False
         elif feature == "optimizer":
             self.hparams = False
         elif feature == "timing":
@@ -391,6 +442,7 @@ class Capture:
 
     # -- watch ---------------------------------------------------------------------------------
     def watch(self, model: torch.nn.Module, options: dict[str, Any]) -> None:
+        self.plain = False
         inner = watch_mod.unwrap(model)
         self.monitor.policy = options["on_nan"]
         existing = self.watched.get(id(inner))

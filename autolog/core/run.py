@@ -66,6 +66,7 @@ class Run:
         self._optimizer_seen = False
         self._keys_at_step: set[str] = set()
         self._last_handoff = time.monotonic()
+        self._flush_due = self._last_handoff + settings.flush_secs  # the next hand-off by time
         self._last_values: dict[str, float] = {}
         self._finished = False
         self._forked = False
@@ -342,12 +343,12 @@ class Run:
             if self._sync_pending or any(r.pending() for r in self._reducers):
                 self._reduce_point()
             self._handoff()
-        else:
-            self.maybe_flush()
+        elif time.monotonic() >= self._flush_due and not self._finished:  # (`maybe_flush`, inlined)
+            self._handoff()
 
     def maybe_flush(self) -> None:
         """Hand off when `flush_secs` have passed since the last hand-off."""
-        if time.monotonic() - self._last_handoff >= self.settings.flush_secs and not self._finished:
+        if time.monotonic() >= self._flush_due and not self._finished:
             self._handoff()
 
     def flush(self, wait: bool | str = False, timeout: float | None = None) -> bool:
@@ -398,6 +399,7 @@ class Run:
 
     def _handoff(self, force: bool = False) -> None:
         self._last_handoff = time.monotonic()
+        self._flush_due = self._last_handoff + self.settings.flush_secs
         # Atomic with respect to signals: a Ctrl-C or SIGTERM arriving while the buffer is taken
         # and submitted waits for the batch to be in the pipeline, so it cannot be lost between.
         with process.deferred_signals():
