@@ -119,6 +119,17 @@ class _Snapshot:
 
 # -- programs --------------------------------------------------------------------------------
 
+
+def _fit(model: nn.Module, opt: Any, data: list, sched: Any = None) -> None:
+    """The programs' plain loop: forward, zero_grad, backward, step (and the scheduler's step)."""
+    for x, y in data:
+        loss = F.mse_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+
 def sgd_momentum_watch_all(run_dir: str) -> str:
     with _deterministic():
         model = _mlp(0, (4, 8, 2), dropout=0.25)
@@ -166,6 +177,16 @@ def gan_two_optimizers(run_dir: str) -> str:
         return run.path
 
 
+def _closure(model: nn.Module, opt: Any, x: torch.Tensor, y: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """The closure a step(closure) optimizer calls: zero_grad, forward, backward, the loss."""
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+    return closure
+
+
 def lbfgs_closure(run_dir: str) -> str:
     with _deterministic():
         model = _mlp(20, (4, 6, 2))
@@ -174,12 +195,7 @@ def lbfgs_closure(run_dir: str) -> str:
         with _open(run_dir, 4, "lbfgs_closure") as run:
             autolog.watch(model, log="all")
             for x, y in data:
-                def closure() -> torch.Tensor:
-                    opt.zero_grad()
-                    loss = F.mse_loss(model(x), y)
-                    loss.backward()
-                    return loss
-                opt.step(closure)
+                opt.step(_closure(model, opt, x, y))
         return run.path
 
 
@@ -191,12 +207,7 @@ def sgd_closure(run_dir: str) -> str:
         with _open(run_dir, 7, "sgd_closure") as run:
             autolog.watch(model, log="gradients")
             for x, y in data:
-                def closure() -> torch.Tensor:
-                    opt.zero_grad()
-                    loss = F.mse_loss(model(x), y)
-                    loss.backward()
-                    return loss
-                returned = opt.step(closure)
+                returned = opt.step(_closure(model, opt, x, y))
                 autolog.log("user/closure_loss", returned)
         return run.path
 
@@ -247,12 +258,7 @@ def onecycle_adamw(run_dir: str) -> str:
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=20, cycle_momentum=True,
                                                     base_momentum=0.8, max_momentum=0.95)
         with _open(run_dir, 4, "onecycle_adamw") as run:
-            for x, y in _batches(20, seed=56):
-                loss = F.mse_loss(model(x), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
+            _fit(model, opt, _batches(20, seed=56), sched)
         return run.path
 
 
@@ -266,11 +272,7 @@ def param_groups(run_dir: str) -> str:
         ], lr=0.1, momentum=0.9)
         with _open(run_dir, 7, "param_groups") as run:
             autolog.watch(model, log="all")
-            for x, y in _batches(21, seed=61):
-                loss = F.mse_loss(model(x), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+            _fit(model, opt, _batches(21, seed=61))
         return run.path
 
 
@@ -336,11 +338,7 @@ def _adam(run_dir: str, log: str, name: str, seed: int) -> str:
         opt = torch.optim.Adam(model.parameters(), lr=3e-3)
         with _open(run_dir, 7, name) as run:
             autolog.watch(model, log=log)
-            for x, y in _batches(22, seed=seed + 1):
-                loss = F.mse_loss(model(x), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+            _fit(model, opt, _batches(22, seed=seed + 1))
         return run.path
 
 
