@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any, Iterator
 
 from autolog.pipeline.records import Batch, HistogramRecord, MediaRecord
@@ -70,6 +71,7 @@ class _Syncer:
         self.new_dir = new_dir  # the directory of a file just created: fsynced once, first
         self.cond = threading.Condition()
         self.dirty = self.closed = False
+        self.idle = False  # waiting for a write (not resting after an fsync): a write wakes it
         self.error: OSError | None = None
         self.thread = threading.Thread(target=self._loop, name="autolog-fsync", daemon=True)
         self.thread.start()
@@ -77,13 +79,16 @@ class _Syncer:
     def wrote(self) -> None:
         with self.cond:
             self.dirty = True
-            self.cond.notify()
+            if self.idle:  # (resting after an fsync, it looks at `dirty` when the rest ends)
+                self.cond.notify()
 
     def _loop(self) -> None:
         while True:
             with self.cond:
                 while not self.dirty and not self.closed:
+                    self.idle = True
                     self.cond.wait()
+                self.idle = False
                 if self.closed:
                     return
                 self.dirty = False
@@ -94,9 +99,13 @@ class _Syncer:
                 os.fsync(self.fd)
             except OSError as exc:
                 self.error = exc
-            with self.cond:  # at most one fsync per `secs`; close() cuts the wait short
-                if not self.closed:
-                    self.cond.wait(self.secs)
+            with self.cond:  # at most one fsync per `secs`; only close() cuts the rest short
+                rest_until = time.monotonic() + self.secs
+                while not self.closed:
+                    left = rest_until - time.monotonic()
+                    if left <= 0:
+                        break
+                    self.cond.wait(left)
 
     def stop(self) -> None:
         with self.cond:
