@@ -132,3 +132,20 @@ def test_testing_fixture_gives_an_open_run_with_a_memory_sink(autolog_run):
     autolog_run.flush(wait=True)
     assert autolog_run.sink.scalars("x") == [(0, 1.0)]
     assert autolog_run.sink.info.id == autolog_run.id
+
+
+def test_the_writer_rests_between_writes_and_a_waiter_cuts_the_rest_short(tmp_path, monkeypatch):
+    """Hand-offs made while the writer rests (WRITER_REST_SECS) wait in memory and are written
+    together; flush(wait=...) does not wait for the rest to end."""
+    writer = sys.modules["autolog.pipeline.writer"]
+    monkeypatch.setattr(writer, "WRITER_REST_SECS", 3600.0)
+    with autolog.run(sinks=["local"], log_every=10_000, flush_secs=3600) as run:
+        autolog.log("a", 0.0)
+        assert run.flush(wait="log")  # written; the writer now rests for an hour
+        for i in range(1, 4):
+            autolog.log("a", float(i))
+            run.flush()  # handed off, not waited for
+        assert run.pipeline.writer_time["handoffs"] == 1  # the three are still in memory
+        assert run.flush(wait="log")  # a waiter: the writer goes on at once
+        assert run.pipeline.writer_time["handoffs"] == 4
+        assert [v for _s, v in autolog.read_run(run.path).metrics["a"]] == [0.0, 1.0, 2.0, 3.0]

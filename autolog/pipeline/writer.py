@@ -29,6 +29,11 @@ from autolog.pipeline.records import Batch, RunInfo, RunResult
 from autolog.sinks.base import Sink
 
 DEFAULT_MAX_PENDING_MB = 256.0
+# After writing, the writer rests this long before it looks at the queue again, so that the
+# hand-offs of a fast loop are written a few at a time: each wake-up of the writer thread costs
+# the training thread far more than the work itself (the two take turns with the GIL). Anyone
+# waiting for the log (flush with wait, close, a full queue) cuts the rest short.
+WRITER_REST_SECS = 0.5
 
 
 class _Close:
@@ -53,6 +58,8 @@ class Pipeline:
         self._queue: collections.deque = collections.deque()
         self._cond = threading.Condition(threading.RLock())  # re-entrant: a signal handler may hand off
         self._pending_bytes = 0
+        self._idle = False  # the writer waits for a hand-off (not resting): submit wakes it
+        self._hurry = 0  # threads waiting for the writer: it does not rest
         self._submitted = 0
         self._logged = 0
         self.handoff_waits = 0
@@ -103,7 +110,8 @@ class Pipeline:
             self._queue.append(staged)
             self._submitted += 1
             self._pending_bytes += int(getattr(staged, "nbytes", 0))
-            self._cond.notify_all()
+            if self._idle:
+                self._cond.notify_all()
             if self._pending_bytes > self.max_pending and self.thread.is_alive():
                 self._wait_for_room()
 
@@ -114,18 +122,32 @@ class Pipeline:
                   f"the hand-off until they are written (counted in meta['handoff_waits']; raise "
                   f"max_pending_mb to wait less)", file=sys.stderr)
         self.handoff_waits += 1
+        self._hurry += 1
         self._cond.notify_all()  # (lets a test see the wait begin)
         started = time.monotonic()
-        while self._pending_bytes > self.max_pending and self.thread.is_alive():
-            self._cond.wait(1.0)
+        try:
+            while self._pending_bytes > self.max_pending and self.thread.is_alive():
+                self._cond.wait(1.0)
+        finally:
+            self._hurry -= 1
         self.handoff_wait_secs += time.monotonic() - started
 
     # -- writer thread --------------------------------------------------------------------------
     def _loop(self) -> None:
+        rest_until = 0.0
         while True:
             with self._cond:
+                while True:  # rest (see WRITER_REST_SECS), then wait for a hand-off
+                    if self._hurry and self._queue or self.closed:  # someone waits for a hand-off
+                        break
+                    left = rest_until - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
                 while not self._queue:
+                    self._idle = True
                     self._cond.wait()
+                self._idle = False
                 item = self._queue[0]
             if isinstance(item, _Close):
                 self._finish(item)
@@ -144,6 +166,8 @@ class Pipeline:
                     self._pending_bytes -= int(getattr(item, "nbytes", 0))
                     self._logged += 1
                     self._cond.notify_all()
+                    if not self._queue:
+                        rest_until = time.monotonic() + WRITER_REST_SECS
 
     def _write(self, staged: Any) -> None:
         try:
@@ -192,12 +216,17 @@ class Pipeline:
     # -- waiting ------------------------------------------------------------------------------------
     def _wait_logged(self, count: int, deadline: float | None) -> bool:
         with self._cond:
-            while self._logged < count and self.thread.is_alive():
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._cond.wait(left if left is not None else 1.0)
-            return self._logged >= count
+            self._hurry += 1
+            self._cond.notify_all()  # a resting writer goes on at once
+            try:
+                while self._logged < count and self.thread.is_alive():
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return False
+                    self._cond.wait(left if left is not None else 1.0)
+                return self._logged >= count
+            finally:
+                self._hurry -= 1
 
     def wait(self, timeout: float, sinks: bool = True) -> bool:
         """Block until the log and every sink have every batch submitted so far (or `timeout`);
