@@ -158,3 +158,36 @@ def test_sinks_get_points_and_the_log_gets_columns(tmp_path):
     points = [p for b in sink.batches for p in b.scalars]
     assert all(b.columns is None for b in sink.batches)
     assert sorted((s, v) for n, s, v, _w in points if n == "train/loss") == sorted(read(run).metrics["train/loss"])
+
+
+@pytest.mark.parametrize("hparams", ["none", "constant", "every step", "some steps", "renamed"])
+@pytest.mark.parametrize("timing", ["off", "no samples", "samples", "first step unknown"])
+def test_the_usual_rows_expand_as_the_general_path_expands_them(hparams, timing):
+    """`_regular_columns` (a hand-off's usual rows, without a sort) gives the very columns of
+    the general path, or declines."""
+    from autolog.pipeline import buffer
+    from autolog.pipeline.records import StepNames
+
+    owner = StepNames("train/loss", "train/grad_norm")
+    n = 7
+    rows = []
+    for i in range(n):
+        hp = {"none": None,
+              "constant": [("optim/lr", 0.1), ("optim/momentum", 0.9)] if i == 0 else SAME,
+              "every step": [("optim/lr", 0.1 / (i + 1))],
+              "some steps": [("optim/lr", 0.1 * 2 ** -(i // 3))] if i % 3 == 0 else SAME,
+              "renamed": [("optim/lr" if i < 4 else "optim/lr_0", 0.1)] if i in (0, 4) else SAME}[hparams]
+        samples = {"off": None, "no samples": 0, "samples": 32, "first step unknown": 16}[timing]
+        rows.append((owner, 100 + 2 * i, 50.0 + 0.25 * i + 0.01 * i * i, None, None, hp, samples, None))
+    losses = [float(i) / 3 for i in range(n)]
+    previous = None if timing == "first step unknown" else 49.5
+    args = (*list(zip(*rows))[:3], losses, *list(zip(*rows))[5:], 1000.0, previous)
+    regular = buffer._regular_columns(*args)
+    if hparams == "renamed":
+        assert regular is None  # other names: the general path's case
+        return
+    general = buffer._sorted_columns(rows, losses, 1000.0, previous)[0]
+    assert regular.names == general.names
+    for field in ("keys", "steps", "values", "walls"):
+        assert getattr(regular, field).dtype == getattr(general, field).dtype
+        assert getattr(regular, field).tolist() == getattr(general, field).tolist(), field

@@ -21,6 +21,7 @@ for the copy and builds the plain host `Batch` the sinks receive.
 """
 from __future__ import annotations
 
+import operator
 import threading
 import time
 from typing import Any, Sequence
@@ -33,6 +34,8 @@ from autolog.metrics import SAMPLES_PER_SEC, STEP_TIME
 from autolog.pipeline.records import SAME, Batch, HistogramRecord, MediaRecord, Probe, ScalarColumns
 
 Number = (int, float)
+_ITEM = torch.Tensor.item
+_LT = operator.lt
 _CPU = torch.device("cpu")
 POINT_BYTES = 120  # host memory of one pending scalar point (tuple, name ref, floats), estimated
 
@@ -458,12 +461,10 @@ def _loss_column(rows: list[tuple]) -> tuple | None:
 
 def _host_values(losses: tuple) -> list[Any]:
     """The values of host tensors (the writer thread reads them: nothing to copy, no sync); None
-    for one that is not a number."""
+    for one that is not a number. One ``item()`` each: cheaper than a stacking op at a
+    hand-off's size, and each gives the GIL back to the training thread."""
     try:
-        with torch.no_grad():
-            stacked = torch.stack(losses).reshape(-1)
-        if stacked.numel() == len(losses):
-            return stacked.to(torch.float64).tolist()
+        return list(map(_ITEM, losses))
     except (RuntimeError, TypeError, ValueError):
         pass
     out: list[Any] = []
@@ -481,6 +482,16 @@ def _rows_to_columns(rows: list[tuple], losses: list[float], offset: float, prev
     columns, built with numpy (no Python object per point), in step order; and the CUDA timing
     entries of rows with events. Raises TypeError/ValueError/OverflowError for a hyperparameter
     that is not a number (the caller then takes the general path)."""
+    names_c, steps_c, clocks_c, _l, _c, hps_c, samples_c, events_c = zip(*rows)
+    regular = _regular_columns(names_c, steps_c, clocks_c, losses, hps_c, samples_c, events_c, offset, previous)
+    if regular is not None:
+        return regular, []
+    return _sorted_columns(rows, losses, offset, previous)
+
+
+def _sorted_columns(rows: list[tuple], losses: list[float], offset: float, previous: Any
+                    ) -> tuple[ScalarColumns, list[tuple]]:
+    """`_rows_to_columns` for any rows: one array per series, then one stable sort by step."""
     names_c, steps_c, clocks_c, _l, _c, hps_c, samples_c, events_c = zip(*rows)
     n = len(rows)
     index: dict[str, int] = {}
@@ -535,6 +546,71 @@ def _rows_to_columns(rows: list[tuple], losses: list[float], offset: float, prev
     keys, steps_all, values, walls_all = (np.concatenate([p[i] for p in parts]) for i in range(4))
     order = np.argsort(steps_all, kind="stable")  # per step: loss, hyperparameters, timing
     return ScalarColumns(list(index), keys[order], steps_all[order], values[order], walls_all[order]), events
+
+
+def _regular_columns(names_c: tuple, steps_c: tuple, clocks_c: tuple, losses: list[float], hps_c: tuple,
+                     samples_c: tuple, events_c: tuple, offset: float, previous: Any) -> ScalarColumns | None:
+    """`_rows_to_columns` for the usual hand-off, with a few array operations and no sort: one
+    optimizer; steps increasing; no CUDA event; every row timed (all with samples, or all
+    without) or none; hyperparameters (if any) given at the first row, then repeated (`SAME`) or
+    given again under the same names. Step i's points are row i of an (n, k) table: loss,
+    hyperparameters, step time (from the second clock on), samples/s. None for other rows."""
+    n = len(names_c)
+    owner = names_c[0]
+    if names_c.count(owner) != n or events_c.count(None) != n or not all(map(_LT, steps_c, steps_c[1:])):
+        return None
+    first = hps_c[0]
+    hp_names: list[str] = []
+    if first is not None:
+        if type(first) is not list:
+            return None
+        hp_names = [name for name, _v in first]
+        if hps_c.count(SAME) == n - 1:  # unchanged since the first row
+            hp_table: Any = [float(v) for _n, v in first]  # (broadcast to every row)
+        else:
+            changes = [i for i, hp in enumerate(hps_c) if hp is not SAME]
+            given = [hps_c[i] for i in changes]
+            if any(type(hp) is not list or [name for name, _v in hp] != hp_names for hp in given):
+                return None
+            hp_table = np.repeat(np.array([[float(v) for _n, v in hp] for hp in given], dtype=np.float64)
+                                 .reshape(len(given), len(hp_names)), np.diff(changes + [n]), axis=0)
+    elif hps_c.count(None) != n:
+        return None
+    untimed = samples_c.count(None)
+    timed = untimed == 0
+    rated = timed and samples_c.count(0) != n
+    if not timed and untimed != n or rated and samples_c.count(0):
+        return None
+    names = [owner.loss, *hp_names] + [STEP_TIME] * timed + [SAMPLES_PER_SEC] * rated
+    if len(set(names)) != len(names):
+        return None
+    k = len(names)
+    h = 1 + len(hp_names)
+    table = np.empty((n, k))
+    table[:, 0] = losses
+    if hp_names:
+        table[:, 1:h] = hp_table
+    clocks = np.array(clocks_c, dtype=np.float64)
+    first_timed = isinstance(previous, float)  # the first row's step time is known
+    if timed:
+        seconds = table[:, h]
+        seconds[1:] = clocks[1:] - clocks[:-1]
+        seconds[0] = clocks[0] - previous if first_timed else 1.0
+        if rated:
+            if not (seconds > 0).all():
+                return None
+            np.divide(np.array(samples_c, dtype=np.float64), seconds, out=table[:, h + 1])
+    values = table.ravel()
+    keys = np.tile(np.arange(k, dtype=np.uint32), n)
+    steps = np.repeat(np.array(steps_c, dtype=np.int64), k)
+    walls = np.repeat(clocks + offset, k)
+    if timed and not first_timed:  # the first row has its loss and hyperparameters only
+        keep = np.ones(n * k, dtype=bool)
+        keep[h:k] = False
+        values, keys, steps, walls = values[keep], keys[keep], steps[keep], walls[keep]
+        if n == 1:
+            names = names[:h]
+    return ScalarColumns(names, keys, steps, values, walls)
 
 
 def _histogram(name: str, step: int, counts: Any, low: Any, high: Any, low_dev: bool,

@@ -114,9 +114,9 @@ class ScalarColumns:
 
     def last_values(self) -> dict[str, float]:
         """The last value of each name (in point order)."""
-        keys = self.keys[::-1]
-        distinct, first = np.unique(keys, return_index=True)
-        return dict(zip([self.names[k] for k in distinct.tolist()], self.values[::-1][first].tolist()))
+        last = dict(zip(self.keys.tolist(), self.values.tolist()))  # a later point replaces an earlier one
+        names = self.names
+        return {names[k]: v for k, v in last.items()}
 
 
 @dataclasses.dataclass
