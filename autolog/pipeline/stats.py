@@ -70,8 +70,10 @@ def finite_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if x.numel() == 0:
         inf = torch.full((), math.inf, dtype=x.dtype, device=x.device)
         return inf, -inf
-    finite = torch.isfinite(x)
-    return torch.where(finite, x, math.inf).amin(), torch.where(finite, x, -math.inf).amax()
+    # non-finite values replaced by the identity of each reduction (one fused pass each; the
+    # CPU's isfinite and where are several times slower)
+    return (x.nan_to_num(nan=math.inf, posinf=math.inf, neginf=math.inf).amin(),
+            x.nan_to_num(nan=-math.inf, posinf=-math.inf, neginf=-math.inf).amax())
 
 
 def bin_between(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, bins: int = BINS
