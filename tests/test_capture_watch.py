@@ -257,3 +257,21 @@ def test_closure_step_uses_the_gradients_of_its_closure(tmp_path):
     data = read(run)
     assert series(data, "grad_norm/0.weight") == pytest.approx(norms, rel=1e-5)
     assert series(data, "train/loss") == losses
+
+
+def test_a_model_compiled_after_it_was_watched_runs_the_hook_eagerly(tmp_path):
+    """torch.compile traces the watched model's forward hook: the hook then calls its eager
+    twin (a graph break), so the samples are still counted and nothing is traced away."""
+    torch.compiler.reset()  # dynamo does not guard on hooks: no graph of another test's model
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with open_run(tmp_path, log_every=1) as run:
+        autolog.watch(model, log="gradients")
+        compiled = torch.compile(model, backend="eager")
+        for x, y in batches(4):
+            opt.zero_grad()
+            F.mse_loss(compiled(x), y).backward()
+            opt.step()
+    data = read(run)
+    assert sorted(series(data, "perf/samples_per_sec")) == [1, 2, 3]
+    assert sorted(series(data, "grad_norm/total")) == [0, 1, 2, 3]

@@ -191,3 +191,28 @@ def test_the_usual_rows_expand_as_the_general_path_expands_them(hparams, timing)
     for field in ("keys", "steps", "values", "walls"):
         assert getattr(regular, field).dtype == getattr(general, field).dtype
         assert getattr(regular, field).tolist() == getattr(general, field).tolist(), field
+
+
+@pytest.mark.parametrize("log", [None, "gradients", "all"])
+def test_a_watched_models_steps_between_statistics_take_the_short_path(tmp_path, monkeypatch, log):
+    """With a watched model, a step between statistics steps (its NaN/Inf check done before the
+    step) has nothing after the step: the per-step path does not visit the watched models
+    then; statistics steps still do, and every series is as before."""
+    from autolog.capture.session import Capture
+
+    visited = []
+    real = Capture._watch_post
+    monkeypatch.setattr(Capture, "_watch_post", lambda self, state, opt: (visited.append(self.run.step),
+                                                                           real(self, state, opt)))
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with open_run(tmp_path, log_every=5) as run:
+        autolog.watch(model, log=log)
+        _train(model, opt, batches(12))
+    assert set(visited) <= {0, 1, 5, 10}  # the first steps (general path), then statistics steps
+    assert {5, 10} <= set(visited) or log is None
+    data = read(run)
+    assert sorted(series(data, "train/loss")) == list(range(12))
+    assert sorted(series(data, "perf/samples_per_sec")) == list(range(1, 12))  # samples from the model's inputs
+    if log is not None:
+        assert sorted(series(data, "grad_norm/total")) == [0, 5, 10]

@@ -87,6 +87,8 @@ def _value(value: Any) -> Any:
     return None
 
 
+_IS = operator.is_
+
 class OptimizerState:
     """What a run knows about one optimizer."""
 
@@ -132,11 +134,15 @@ class OptimizerState:
         getters = self._getters
         if getters is not None and len(groups) == len(getters):
             try:
-                for getter, group, raw in zip(getters, groups, self._raw):
-                    if not all(map(operator.is_, getter(group), raw)):
-                        break
+                if len(getters) == 1:  # (the loop below, for the usual one group)
+                    if all(map(_IS, getters[0](groups[0]), self._raw[0])):
+                        return SAME
                 else:
-                    return SAME
+                    for getter, group, raw in zip(getters, groups, self._raw):
+                        if not all(map(_IS, getter(group), raw)):
+                            break
+                    else:
+                        return SAME
             except (KeyError, TypeError, IndexError):
                 pass
         items = self.hparams(optimizer)

@@ -162,7 +162,7 @@ _clip_returned = _then("grad_norm", _returned_norm)
 def _pre_step(optimizer: Any, args: tuple, kwargs: dict) -> Any:
     if torch.compiler.is_compiling():  # inside a compiled optimizer.step: run eagerly, if we can
         return _EAGER[0](optimizer, args, kwargs) if _EAGER else None
-    capture = session()
+    capture = _ACTIVE[-1].capture if _ACTIVE else None  # `session()`, inlined
     if capture is not None:
         return capture.on_pre_step(optimizer, args, kwargs)  # new (args, kwargs) with a closure
     return None
@@ -173,7 +173,7 @@ def _post_step(optimizer: Any, args: tuple, kwargs: dict) -> None:
         if _EAGER:
             _EAGER[1](optimizer, args, kwargs)
         return
-    capture = session()
+    capture = _ACTIVE[-1].capture if _ACTIVE else None  # `session()`, inlined
     if capture is not None:
         capture.on_post_step(optimizer)  # may raise NonFiniteError at a hand-off (on_nan="raise")
 
@@ -206,6 +206,7 @@ class Patches:
         self._undo: list[Callable[[], None]] = []
         self._hooks: list[Any] = []  # the optimizer hooks' handles
         self._fsdp = False
+        self._modules = 0  # len(sys.modules) at the last `keep_up`
 
     @property
     def installed(self) -> bool:
@@ -242,6 +243,7 @@ class Patches:
                 if "clip_grad_norm_" in vars(owner):
                     self._undo.append(_wrap(owner, "clip_grad_norm_", _clip_returned))
         self._fsdp = False
+        self._modules = 0
         from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
         self._hooks = [register_optimizer_step_pre_hook(_pre_step), register_optimizer_step_post_hook(_post_step)]
@@ -251,7 +253,12 @@ class Patches:
     def keep_up(self) -> None:
         """At each backward (cheap when there is nothing to do): once torch.compile is in use,
         the eager twins of the optimizer hooks; once FSDP is imported, its ``clip_grad_norm_``
-        wrapped (importing either is costly: we never do)."""
+        wrapped (importing either is costly: we never do). Nothing to look at while no module
+        was imported since the last look."""
+        modules = len(sys.modules)
+        if modules == self._modules:
+            return
+        self._modules = modules
         if not _EAGER and "torch._dynamo" in sys.modules:
             _EAGER[:] = [torch.compiler.disable(_pre_step), torch.compiler.disable(_post_step)]
         if not self._fsdp and self._undo:

@@ -100,7 +100,13 @@ class Capture:
         self.timing = "timing" in names
         self.guard = Guard(run.meta, on_fail=self._feature_off)
         self.backward_on = True  # the backward wrapper calls `on_backward` (until "loss" fails)
-        self.plain = False  # `_is_plain`, as of the last step that took the general path
+        # The primary optimizer's state while its steps are usual (`_is_plain`, as of the last
+        # step that took the general path): its steps take `_plain_step`; else None.
+        self.quick: OptimizerState | None = None
+        # id of that optimizer while no model is watched either: its pre-step has nothing to do
+        # unless the step has a closure (0: none)
+        self.quick_pre = 0
+        self.watch_post = True  # a watched model has work after this step (see `_watch_pre`)
         self.objective = Objective()  # backward calls since the previous optimizer step
         self.clip_norm: Any = None  # the first clip_grad_norm_ total norm since then
         self.closure: FirstCall | None = None  # the closure of the optimizer step in progress
@@ -211,6 +217,9 @@ class Capture:
             state.rename(name)
 
     def on_pre_step(self, optimizer: Any, args: tuple, kwargs: dict) -> Any:
+        if self.quick_pre == id(optimizer) and len(args) == 1 and not kwargs:  # no closure
+            self.closure = None
+            return None
         state = self.optimizers.get(id(optimizer))
         if state is None or state.ref() is not optimizer:
             state = self._optimizer(optimizer)
@@ -228,14 +237,19 @@ class Capture:
         return None
 
     def _watch_pre(self, state: OptimizerState, optimizer: Any, closure: bool = False) -> None:
+        self.watch_post = True  # (until every watched model said otherwise)
         ids = state.param_ids(optimizer)
         step = self.run.step
+        post = False
         for key, watched in list(self.watched.items()):
             if self.follower and watched.sharded is None:
                 continue  # a rank > 0 takes part in sharded models' statistics only
             if not watched.pre_step(state, ids, step, closure):
                 watched.remove()
                 del self.watched[key]
+                continue
+            post = post or watched.post_needed
+        self.watch_post = post
 
     def on_skipped_step(self, optimizer: Any) -> None:
         """GradScaler skipped the optimizer's step: its objective and norm applied nothing."""
@@ -250,11 +264,11 @@ class Capture:
         """After an optimizer step: the step's row (loss, clip norm, hyperparameters when they
         changed, clock, samples) appended to the run's buffer in one go, the watched models'
         statistics, then the run's step advances (after the primary optimizer's step)."""
-        state = self.optimizers.get(id(optimizer))
-        if state is not None and state is self.primary and self.plain and self.closure is None \
-                and state.ref() is optimizer:
+        state = self.quick
+        if state is not None and self.closure is None and state.ref() is optimizer:
             self._plain_step(state, optimizer)
             return
+        state = self.optimizers.get(id(optimizer))
         if state is None or state.ref() is not optimizer:
             state = self._optimizer(optimizer)
         self.post_steps += 1
@@ -298,12 +312,13 @@ class Capture:
         if self.watched and (not self.follower or self.sharded.enabled):
             self.guard.call("watch", self._watch_post, state, optimizer)
         state.steps += 1
-        self.plain = self._is_plain()
+        self.quick = self.primary if self._is_plain() else None
         if primary:
+            self.quick_pre = id(optimizer) if self.quick is not None and not self.watched else 0
             self._complete()
 
     def _plain_step(self, state: OptimizerState, optimizer: Any) -> None:
-        """`on_post_step` for the usual step (see `plain`): the same row, in fewer operations."""
+        """`on_post_step` for the usual step (see `quick`): the same row, in fewer operations."""
         self.post_steps += 1
         if user_warnings.deferred:
             flush_warnings()
@@ -314,15 +329,21 @@ class Capture:
             loss = objective.sum
             if loss is not None:
                 objective.sum, objective.owned = None, False  # (`Objective.take`, inlined)
-            hp = None
-            if state.hparam_step != step:
-                state.hparam_step = step
-                hp = state.step_hparams(optimizer)
-            self.buffer.rows.append((state.names, step, perf_counter(), loss, self.clip_norm, hp,
-                                     self.batch_samples, None))
+            state.hparam_step = step  # (the primary's step: a new run step each time)
+            hp = state.step_hparams(optimizer)
+            samples = self.batch_samples
+            watched = self.watched
+            if watched and not samples:
+                samples = next(iter(watched.values())).counter.samples
+            self.buffer.rows.append((state.names, step, perf_counter(), loss, self.clip_norm, hp, samples, None))
             self.clip_norm = None
         except Exception as exc:  # noqa: BLE001 -- instrumentation must never break training
             self._fail("loss", exc)
+        if self.watched:
+            if self.watch_post:
+                self.guard.call("watch", self._watch_post, state, optimizer)
+            for model in self.watched.values():
+                model.counter.samples = 0
         state.steps += 1
         self.batch_samples = 0
         if self.loaders.candidate is not None:  # the run's first step after a loader's pass
@@ -330,15 +351,16 @@ class Capture:
         run.advance_step()
 
     def _is_plain(self) -> bool:
-        """Whether steps are usual (`plain`): loss, hyperparameters and step time captured; no
-        watched model, no cross-rank reduction, on_nan not "raise", not a rank > 0, the primary
-        optimizer's parameters known and not on CUDA (no timing event). A closure is checked
-        per step. Computed after each step that took the general path; any change of these
-        sets `plain` False until then."""
+        """Whether steps are usual (`quick`): loss, hyperparameters and step time captured; no
+        sharded watched model, no cross-rank reduction, on_nan not "raise", not a rank > 0, the
+        primary optimizer's parameters known and not on CUDA (no timing event). A closure is
+        checked per step. Computed after each step that took the general path; any change of
+        these sets `quick` None until then."""
         primary = self.primary
-        return (self.losses and self.hparams and self.timing and not self.watched and not self.synced
+        return (self.losses and self.hparams and self.timing and not self.synced
                 and not self.follower and not self.raises and primary is not None
-                and primary.device is not None and primary.device.type != "cuda")
+                and primary.device is not None and primary.device.type != "cuda"
+                and all(w.sharded is None for w in self.watched.values()))
 
     def _samples(self) -> int:
         """Samples of the step that completes now (0: unknown), from the framework or the first
@@ -364,7 +386,8 @@ class Capture:
 
     def _feature_off(self, feature: str) -> None:
         """`Guard.fail` turned `feature` off: the flags the per-step path reads follow."""
-        self.plain = False
+        self.quick = None
+        self.quick_pre = 0
         if feature == "loss":
             self.losses = self.backward_on = False
         elif feature == "optimizer":
@@ -442,7 +465,8 @@ class Capture:
 
     # -- watch ---------------------------------------------------------------------------------
     def watch(self, model: torch.nn.Module, options: dict[str, Any]) -> None:
-        self.plain = False
+        self.quick = None
+        self.quick_pre = 0
         inner = watch_mod.unwrap(model)
         self.monitor.policy = options["on_nan"]
         existing = self.watched.get(id(inner))

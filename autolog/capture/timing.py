@@ -70,6 +70,8 @@ class StepTimer:
 
 def batch_size(args: tuple, kwargs: dict) -> int:
     """The first dimension of the first tensor of a forward call's inputs (0: none)."""
+    if args and type(args[0]) is torch.Tensor:  # the usual call: model(x, ...)
+        return args[0].shape[0] if args[0].dim() else 0
     for value in itertools.chain(args, kwargs.values()):
         if isinstance(value, (list, tuple)):
             value = next((v for v in value if isinstance(v, torch.Tensor)), None)

@@ -26,6 +26,20 @@ from autolog.capture.timing import SampleCounter, batch_size  # noqa: F401 -- ba
 LOGS = ("gradients", "parameters", "all", None)
 _STACK_LATER = 64  # up to this many parameters, a step's gradient norms are stacked at the hand-off
 
+# `Watched.observe_forward` behind torch.compiler.disable, made once torch.compile is in use
+_EAGER_HOOK: list[Any] = []
+
+
+def _observe_eagerly(watched: "Watched", module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+    return watched.observe_forward(args, kwargs)
+
+
+def keep_hook_eager() -> None:
+    """Once torch.compile is in use (its import is costly, so we never trigger it), the twin
+    the forward hook calls when it is traced."""
+    if not _EAGER_HOOK and "torch._dynamo" in sys.modules:
+        _EAGER_HOOK.append(torch.compiler.disable(_observe_eagerly))
+
 # watch() called outside a run: attached to the next run that starts (then forgotten).
 _pending: list[tuple[weakref.ref, dict[str, Any]]] = []
 
@@ -140,27 +154,14 @@ class Watched:
         self.total_optimizer: int | None = None  # whose total is "grad_norm/total"
         self._updates: dict[int, list[tuple[tuple[str, ...], list, list, torch.Tensor, int]]] = {}
         self._steps: dict[int, tuple[int, bool, bool]] = {}  # optimizer index -> (run step, statistics?, checked?) of its step
+        self.post_needed = True  # `post_step` has work after the step `pre_step` saw
         self._module = weakref.ref(model)  # what the hook is registered on (maybe a wrapper)
         # DTensor parameters: every rank takes local partials, reduced at the hand-offs
         self.sharded = capture.sharded if sharded.is_sharded(inner) else None
         if self.sharded is not None:
             self.sharded.enabled = True
-        self._eager_hook = False
         self.handle = add_hook(model, "forward_pre", self.forward_pre_hook, with_kwargs=True)
-        self.keep_hook_eager()
-
-    def keep_hook_eager(self) -> None:
-        """Once torch.compile is in use (its import is costly, so we never trigger it), register
-        the hook again behind `torch.compiler.disable`: a compiled forward then runs it eagerly
-        (a graph break) instead of tracing it away."""
-        if self._eager_hook or "torch._dynamo" not in sys.modules:
-            return
-        module = self._module()
-        if module is None:
-            return
-        remove_hook(self.handle)
-        self.handle = add_hook(module, "forward_pre", self.forward_pre_hook, eager=True, with_kwargs=True)
-        self._eager_hook = True
+        keep_hook_eager()
 
     def configure(self, options: dict[str, Any]) -> None:
         self.options = options
@@ -184,9 +185,16 @@ class Watched:
 
     # -- forward -------------------------------------------------------------------------------
     def forward_pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        """The model's forward pre-hook (held weakly by `autolog.capture.hooks.ModuleHook`)."""
+        """The model's forward pre-hook (held weakly by `autolog.capture.hooks.ModuleHook`).
+        Traced by torch.compile, it calls its twin behind `torch.compiler.disable` instead,
+        which runs eagerly (a graph break); eager forwards pay no wrapper."""
+        if torch.compiler.is_compiling():
+            return _EAGER_HOOK[0](self, module, args, kwargs) if _EAGER_HOOK else None
+        return self.observe_forward(args, kwargs)
+
+    def observe_forward(self, args: tuple, kwargs: dict) -> None:
         guard = self.capture.guard
-        if "watch" in guard.off or torch.compiler.is_compiling():
+        if "watch" in guard.off:
             return None
         try:  # (`Guard.call`, inlined: this runs at every forward)
             self.on_forward(args, kwargs)
@@ -255,7 +263,8 @@ class Watched:
         model = self.ref()
         if model is None:
             return False
-        self.keep_hook_eager()
+        self.post_needed = True
+        keep_hook_eager()
         stats_step = step % self.every == 0 and self.last_stats.get(opt.index) != step
         if not stats_step:
             checked = False
@@ -267,6 +276,7 @@ class Watched:
                         monitor.check_gradients(self._named("", names), norms, step)
                     checked = True
             self._steps[opt.index] = (step, False, checked)
+            self.post_needed = not checked
             return True
         self._steps[opt.index] = (step, True, False)
         self.last_stats[opt.index] = step
