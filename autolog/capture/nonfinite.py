@@ -4,9 +4,10 @@ Gradients: at every optimizer step, the per-parameter gradient norms of watched 
 taken on the device (one fused ``_foreach_norm``; at statistics steps they are also the
 ``grad_norm/*`` values) and kept as they are: nothing else runs per step, nothing is read. At
 each hand-off the steps' norms are folded, on the device, into a vector holding each
-parameter's first non-finite step (`fold`: a few kernels per hand-off, not per step), reduced
-to the first bad step and parameter, which travel to the host with the hand-off as a typed
-probe (`Batch.probes`, kind ``"nonfinite"``) that no sink or log ever sees.
+parameter's first non-finite step (`fold`: a few kernels per hand-off, not per step). Those
+vectors travel to the host with the hand-off as typed probes (`Batch.probes`, kind
+``"nonfinite"``) that no sink or log ever sees; the writer thread finds the first bad step and
+parameter in them.
 
 Losses: every step's ``train/loss`` (and ``train/loss/<label>`` of the other optimizers) already
 travels with the hand-offs; `prepare` scans them.
@@ -19,6 +20,7 @@ on_nan="ignore": nothing is checked.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 import threading
@@ -97,13 +99,10 @@ class NonFiniteMonitor:
                 at = torch.tensor(steps, dtype=torch.int64)
                 if device.type != "cpu":
                     at = at.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else at.to(device)
-                if all(isinstance(n, torch.Tensor) for n in norms):
+                if set(map(type, norms)) == {torch.Tensor}:  # 1-D norm vectors
                     matrix = torch.stack(norms)  # steps x parameters
-                else:  # steps' 0-d norms (few parameters): every one stacked by one op
-                    flat: list[torch.Tensor] = []
-                    for n in norms:
-                        flat.extend(n.unbind() if isinstance(n, torch.Tensor) else n)
-                    matrix = torch.stack(flat).reshape(len(steps), -1)
+                else:  # steps' 0-d norms (few parameters), with some 1-D: one stack of them all
+                    matrix = torch.stack(list(itertools.chain.from_iterable(norms))).reshape(len(steps), -1)
                 bad = ~torch.isfinite(matrix)
                 earliest = torch.where(bad, at.unsqueeze(1), _NEVER).amin(0)
                 first = torch.where((first >= 0) | (earliest == _NEVER), first, earliest)
@@ -124,39 +123,13 @@ class NonFiniteMonitor:
 
     # -- training thread, at a hand-off ------------------------------------------------------
     def stage(self, buffer: Any, step: int) -> None:
-        """Send the device-side findings along with this hand-off: per device, the first bad
-        step and the index of the first parameter bad at that step (-1, -1: none), reduced on
-        the device."""
+        """Send the device-side findings along with this hand-off: each group's vector of first
+        bad steps, as it is (one copy with the hand-off's others; the writer finds the first)."""
         if not self.active:
             return
         self.fold()
-        if not self._groups:
-            return
-        for i, pair in enumerate(self._reduced().values()):
-            buffer.probe(PROBE, i, step, pair)
-
-    def _reduced(self) -> dict[torch.device, torch.Tensor]:
-        """Per device: a tensor [first bad step, its parameter's index in self.names]."""
-        self.fold()
-        by_device: dict[torch.device, list[tuple[int, torch.Tensor]]] = {}
-        for (device, _names), group in self._groups.items():
-            by_device.setdefault(device, []).append(group)
-        out = {}
-        with torch.no_grad():
-            for device, groups in by_device.items():
-                steps, indices = [], []
-                for offset, first in groups:
-                    late = torch.where(first < 0, _NEVER, first)
-                    earliest = late.amin()
-                    steps.append(earliest)
-                    indices.append((late == earliest).to(torch.uint8).argmax() + offset)
-                steps_t, indices_t = torch.stack(steps), torch.stack(indices)
-                earliest = steps_t.amin()
-                which = (steps_t == earliest).to(torch.uint8).argmax().reshape(1)
-                index = torch.gather(indices_t, 0, which).reshape(())
-                found = earliest != _NEVER
-                out[device] = torch.stack([torch.where(found, earliest, -1), torch.where(found, index, -1)])
-        return out
+        for offset, first in self._groups.values():
+            buffer.probe(PROBE, offset, step, first)
 
     def raise_if_bad(self) -> None:
         """on_nan="raise": read the findings now (a sync, at the flush boundary) and raise."""
@@ -175,11 +148,9 @@ class NonFiniteMonitor:
                 if bad:
                     loss_step = step if loss_step is None else min(loss_step, step)
                     break
-        grad = None
-        for pair in self._reduced().values():
-            s, p = pair.tolist()  # a sync, allowed at the flush boundary
-            if s >= 0 and (grad is None or s < grad[0]):
-                grad = (int(s), self.names[int(p)])
+        bad = [_first_bad(offset, first.tolist())  # a sync, allowed at the flush boundary
+               for offset, first in list(self._groups.values())]
+        grad = self._named_first(bad)
         if self._update(loss_step, grad):
             finding = self.finding
             assert finding is not None
@@ -206,19 +177,22 @@ class NonFiniteMonitor:
                 if name == LOSS or name.startswith(_LOSS_SERIES):
                     step = int(columns.steps[bad & (columns.keys == key)].min())
                     loss_step = step if loss_step is None else min(loss_step, step)
-        grad = None
-        for probe in batch.probes:
-            if probe.kind != PROBE or len(probe.values) != 2:
-                continue
-            s, p = int(probe.values[0]), int(probe.values[1])
-            if s >= 0 and 0 <= p < len(self.names) and (grad is None or s < grad[0]):
-                grad = (s, self.names[p])
+        grad = self._named_first([_first_bad(probe.key, probe.values) for probe in batch.probes
+                                  if probe.kind == PROBE])
         if self._update(loss_step, grad) and not self.announced:
             if self.policy == "warn" or self.run.finished:  # "raise" raises on the training thread
                 self.announced = True
                 warn_user(_message(self.finding), NonFiniteWarning)  # told on the user's line
 
     # -- both --------------------------------------------------------------------------------
+    def _named_first(self, found: list[tuple[int, int] | None]) -> tuple[int, str] | None:
+        """The earliest of the groups' (step, parameter index) findings, with its name."""
+        found = [f for f in found if f is not None and 0 <= f[1] < len(self.names)]
+        if not found:
+            return None
+        step, index = min(found)
+        return step, self.names[index]
+
     def _update(self, loss_step: int | None, grad: tuple[int, str] | None) -> bool:
         """Merge findings; write ``meta["nonfinite"]`` once. True when there is a finding."""
         with self._lock:
@@ -243,3 +217,12 @@ def _message(finding: dict[str, Any]) -> str:
         where.append("the loss")
     return (f"autolog: non-finite (NaN/Inf) value first at step {finding['step']}: "
             f"{' and '.join(where)}. Recorded in the run's meta['nonfinite'].")
+
+
+def _first_bad(offset: int, first: list[float]) -> tuple[int, int] | None:
+    """(step, index in the monitor's names) of a group's earliest bad step, the first of its
+    parameters bad then; None while every one is finite (-1)."""
+    if not first or max(first) < 0:
+        return None
+    step = min(s for s in first if s >= 0)
+    return int(step), offset + first.index(step)
