@@ -8,6 +8,7 @@ stepped, on every `log_every`-th step; the NaN/Inf check of the gradients runs a
 """
 from __future__ import annotations
 
+import operator
 import sys
 import time
 import warnings
@@ -26,6 +27,7 @@ from autolog.capture.timing import SampleCounter, batch_size  # noqa: F401 -- ba
 LOGS = ("gradients", "parameters", "all", None)
 _STACK_LATER = 64  # up to this many parameters, a step's gradient norms are stacked at the hand-off
 
+_GRAD = operator.attrgetter("grad")
 # `Watched.observe_forward` behind torch.compiler.disable, made once torch.compile is in use
 _EAGER_HOOK: list[Any] = []
 
@@ -167,6 +169,7 @@ class Watched:
         self.options = options
         self.log = options["log"]
         self.histograms = options["histograms"]
+        self.every: int = options["log_every"] or self.capture.run.settings.log_every  # statistics period
         if options["graph"] and not self.graph_done:
             self.graph_pending = True
 
@@ -179,9 +182,6 @@ class Watched:
         self._plans.clear()
         self._updates.clear()
 
-    @property
-    def every(self) -> int:
-        return self.options["log_every"] or self.capture.run.settings.log_every
 
     # -- forward -------------------------------------------------------------------------------
     def forward_pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
@@ -264,7 +264,8 @@ class Watched:
         if model is None:
             return False
         self.post_needed = True
-        keep_hook_eager()
+        if not _EAGER_HOOK:
+            keep_hook_eager()
         stats_step = step % self.every == 0 and self.last_stats.get(opt.index) != step
         if not stats_step:
             checked = False
@@ -272,8 +273,8 @@ class Watched:
             if monitor.active and not closure and self.sharded is None:
                 groups = self._fast_norms(model, opt, ids, stack=False)
                 if groups is not None:
-                    for names, norms, _tensors in groups:
-                        monitor.check_gradients(self._named("", names), norms, step)
+                    for _names, norms, _tensors, checked_names in groups:
+                        monitor.check_gradients(checked_names, norms, step)
                     checked = True
             self._steps[opt.index] = (step, False, checked)
             self.post_needed = not checked
@@ -323,40 +324,46 @@ class Watched:
         if groups is None:
             grads = [(n, p.grad) for n, p in self._subset(model, opt, ids, refresh=False)
                      if p.requires_grad and p.grad is not None and p.grad.layout == torch.strided]
-            groups = [(tuple(names), stats.norms(tensors), tensors) for _d, names, tensors in stats.by_device(grads)]
+            groups = [(tuple(names), stats.norms(tensors), tensors, self._named("", names))
+                      for _d, names, tensors in stats.by_device(grads)]
         if not groups:
             return
-        for names, norms, _tensors in groups:
+        for names, norms, _tensors, checked_names in groups:
             if monitor.active:
-                monitor.check_gradients(self._named("", names), norms, step)
+                monitor.check_gradients(checked_names, norms, step)
             if want_grads:
                 buffer.vector(self._named("grad_norm/", names), step, norms, wall)
         if not want_grads:
             return
         if self.total_optimizer is None:
             self.total_optimizer = opt.index
-        total = stats.total_norm([norms for _n, norms, _t in groups])
+        total = stats.total_norm([norms for _n, norms, _t, _c in groups])
         if total is not None:
             suffix = "" if opt.index == self.total_optimizer else f"/{opt.label or opt.index}"
             buffer.scalar(f"grad_norm/{self.prefix}total{suffix}", step, total, wall)
         if self.histograms:
-            for names, _norms, tensors in groups:
+            for names, _norms, tensors, _c in groups:
                 for n, g in zip(names, tensors):
                     self._histogram(buffer, f"gradients/{self.prefix}{n}", step, g, wall)
 
     def _fast_norms(self, model: torch.nn.Module, opt: Any, ids: frozenset[int], stack: bool
-                    ) -> list[tuple[tuple[str, ...], Any, list[torch.Tensor]]] | None:
-        """The gradient norms of the parameters `opt` updates, as one group, when they all have a
+                    ) -> list[tuple[tuple[str, ...], Any, list[torch.Tensor], tuple[str, ...]]] | None:
+        """The gradient norms of the parameters `opt` updates, as one group (names, norms,
+        gradients, the names as the NaN/Inf monitor keeps them), when they all have a
         dense gradient on one device (the usual case): one list of ``.grad`` and one fused
         kernel per step, no per-parameter Python beyond that. None: take the general path."""
-        subset = self._subset(model, opt, ids, refresh=False)
+        entry = self._subsets.get(opt.index)  # (`_subset`'s cache entry, looked at without a call)
         plan = self._plans.get(opt.index)
-        if plan is None or plan[0] is not subset:
-            plan = self._plans[opt.index] = (subset, self._plan(subset))
+        if entry is None or entry[0] is not ids or plan is None or plan[0] is not entry:
+            subset = self._subset(model, opt, ids, refresh=False)
+            planned = self._plan(subset)
+            if planned is not None:  # and the names as the NaN/Inf monitor keeps them
+                planned = (*planned, self._named("", list(planned[0])))
+            plan = self._plans[opt.index] = (self._subsets[opt.index], planned)
         if plan[1] is None:
             return None
-        names, params, dtype = plan[1]
-        grads = [p.grad for p in params]
+        names, params, dtype, checked_names = plan[1]
+        grads = list(map(_GRAD, params))
         try:
             if grads[0].requires_grad:  # gradients with a graph (create_graph=True): none here
                 with torch.no_grad():
@@ -367,7 +374,8 @@ class Watched:
             return None
         # One 1-D tensor per step, except for few parameters when only the NaN/Inf check needs
         # them: their 0-d norms are kept as they are and stacked all at once at the hand-off.
-        return [(names, norms if len(norms) <= _STACK_LATER and not stack else torch.stack(norms), grads)]
+        return [(names, norms if len(norms) <= _STACK_LATER and not stack else torch.stack(norms), grads,
+                 checked_names)]
 
     @staticmethod
     def _plan(subset: list[tuple[str, torch.nn.Parameter]]) -> tuple[tuple[str, ...], list, torch.dtype] | None:
