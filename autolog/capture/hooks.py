@@ -62,16 +62,12 @@ def _dead_hook() -> ModuleHook:
     return ModuleHook(_nothing)
 
 
-def add_hook(module: torch.nn.Module, kind: str, callback: Callable[..., Any], *, eager: bool = False,
-             **options: Any) -> RemovableHandle:
-    """Register `callback` as a `kind` hook of `module` (``register_<kind>_hook(**options)``);
-    `eager`: behind ``torch.compiler.disable`` (a compiled forward then runs it eagerly).
+def add_hook(module: torch.nn.Module, kind: str, callback: Callable[..., Any], **options: Any) -> RemovableHandle:
+    """Register `callback` as a `kind` hook of `module` (``register_<kind>_hook(**options)``).
     Returns torch's handle; undo with `remove_hook`."""
     if kind not in KINDS:
         raise ValueError(f"add_hook: kind: expected one of {KINDS}, got {kind!r}")
-    hook: Callable[..., Any] = ModuleHook(callback)
-    if eager:
-        hook = torch.compiler.disable(hook)
+    hook = ModuleHook(callback)
     handle = getattr(module, f"register_{kind}_hook")(hook, **options)
     cls = type(module)
     with _lock:

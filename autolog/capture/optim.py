@@ -89,6 +89,7 @@ def _value(value: Any) -> Any:
 
 _IS = operator.is_
 
+
 class OptimizerState:
     """What a run knows about one optimizer."""
 

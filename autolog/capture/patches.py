@@ -34,7 +34,6 @@ _scaled: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
 
 
 session = _state.capture  # the capture of the open run, or None (no run, disabled, capture off)
-_ACTIVE = _state.active  # the open-run stack itself (never replaced, only changed in place)
 
 
 # -- wrappers ------------------------------------------------------------------------------------
@@ -55,7 +54,7 @@ def _loss_of(args: tuple, kwargs: dict) -> Any:
 def _autograd_backward(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
     # One frame of autolog in the traceback of an exception raised in a backward (the README's
     # "Fidelity"): the call through and the observation are inlined here, not in helpers.
-    capture = _ACTIVE[-1].capture if _ACTIVE else None  # `session()`, inlined
+    capture = session()
     if capture is None or _inside.get():
         return wrapped(*args, **kwargs)
     token = _inside.set(True)  # a backward called from inside this one is not a training loss
@@ -162,7 +161,7 @@ _clip_returned = _then("grad_norm", _returned_norm)
 def _pre_step(optimizer: Any, args: tuple, kwargs: dict) -> Any:
     if torch.compiler.is_compiling():  # inside a compiled optimizer.step: run eagerly, if we can
         return _EAGER[0](optimizer, args, kwargs) if _EAGER else None
-    capture = _ACTIVE[-1].capture if _ACTIVE else None  # `session()`, inlined
+    capture = session()
     if capture is not None:
         return capture.on_pre_step(optimizer, args, kwargs)  # new (args, kwargs) with a closure
     return None
@@ -173,7 +172,7 @@ def _post_step(optimizer: Any, args: tuple, kwargs: dict) -> None:
         if _EAGER:
             _EAGER[1](optimizer, args, kwargs)
         return
-    capture = _ACTIVE[-1].capture if _ACTIVE else None  # `session()`, inlined
+    capture = session()
     if capture is not None:
         capture.on_post_step(optimizer)  # may raise NonFiniteError at a hand-off (on_nan="raise")
 

@@ -146,11 +146,7 @@ class Capture:
                 closure.segment.add(tensor)
             return  # a later call of the closure (a line search): no step's loss
         if self.losses:
-            objective = self.objective
-            if objective.sum is None:  # the step's first loss: kept as it is
-                objective.sum = tensor.detach()  # (`Objective.add`'s first case, inlined)
-            else:
-                objective.add(tensor)
+            self.objective.add(tensor)
         if self.stepless is None:
             self.stepless = not optimizer_alive()
         if self.stepless:
@@ -299,9 +295,7 @@ class Capture:
                 hp = state.step_hparams(optimizer)
             feature = "timing"
             if primary and self.timing:
-                samples = self.batch_samples
-                if not samples and self.watched:
-                    samples = next(iter(self.watched.values())).counter.samples
+                samples = self._samples()
                 device = state.device if state.device is not None else state.first_device(optimizer)
                 if device is not None and device.type == "cuda":
                     event = _cuda_event(device)
@@ -322,33 +316,19 @@ class Capture:
         self.post_steps += 1
         if user_warnings.deferred:
             flush_warnings()
-        run = self.run
-        step = run.step
+        step = self.run.step
         try:
-            objective = self.objective
-            loss = objective.sum
-            if loss is not None:
-                objective.sum, objective.owned = None, False  # (`Objective.take`, inlined)
             state.hparam_step = step  # (the primary's step: a new run step each time)
             hp = state.step_hparams(optimizer)
-            samples = self.batch_samples
-            watched = self.watched
-            if watched and not samples:
-                samples = next(iter(watched.values())).counter.samples
-            self.buffer.rows.append((state.names, step, perf_counter(), loss, self.clip_norm, hp, samples, None))
+            self.buffer.rows.append((state.names, step, perf_counter(), self.objective.take(), self.clip_norm,
+                                     hp, self._samples(), None))
             self.clip_norm = None
         except Exception as exc:  # noqa: BLE001 -- instrumentation must never break training
             self._fail("loss", exc)
-        if self.watched:
-            if self.watch_post:
-                self.guard.call("watch", self._watch_post, state, optimizer)
-            for model in self.watched.values():
-                model.counter.samples = 0
+        if self.watched and self.watch_post:
+            self.guard.call("watch", self._watch_post, state, optimizer)
         state.steps += 1
-        self.batch_samples = 0
-        if self.loaders.candidate is not None:  # the run's first step after a loader's pass
-            self.guard.call("epochs", self.loaders.on_step)
-        run.advance_step()
+        self._complete()
 
     def _is_plain(self) -> bool:
         """Whether steps are usual (`quick`): loss, hyperparameters and step time captured; no

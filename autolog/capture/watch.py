@@ -182,7 +182,6 @@ class Watched:
         self._plans.clear()
         self._updates.clear()
 
-
     # -- forward -------------------------------------------------------------------------------
     def forward_pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         """The model's forward pre-hook (held weakly by `autolog.capture.hooks.ModuleHook`).
@@ -193,14 +192,7 @@ class Watched:
         return self.observe_forward(args, kwargs)
 
     def observe_forward(self, args: tuple, kwargs: dict) -> None:
-        guard = self.capture.guard
-        if "watch" in guard.off:
-            return None
-        try:  # (`Guard.call`, inlined: this runs at every forward)
-            self.on_forward(args, kwargs)
-        except Exception as exc:  # noqa: BLE001 -- instrumentation must never break training
-            guard.fail("watch", exc)
-        return None
+        self.capture.guard.call("watch", self.on_forward, args, kwargs)
 
     def on_forward(self, args: tuple, kwargs: dict) -> None:
         if torch.is_grad_enabled():

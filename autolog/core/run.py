@@ -343,8 +343,8 @@ class Run:
             if self._sync_pending or any(r.pending() for r in self._reducers):
                 self._reduce_point()
             self._handoff()
-        elif time.monotonic() >= self._flush_due and not self._finished:  # (`maybe_flush`, inlined)
-            self._handoff()
+        else:
+            self.maybe_flush()
 
     def maybe_flush(self) -> None:
         """Hand off when `flush_secs` have passed since the last hand-off."""
